@@ -1,0 +1,258 @@
+"""The PEZ optimiser: hard prompts by projected gradient descent (Wen et al., 2023, Algorithm 1).
+
+Each step projects the continuous prompt onto the nearest allowed token embeddings,
+scores the *projected* (hard) prompt, and applies that gradient to the continuous
+prompt (straight-through). Restarts and several problems (e.g. one per image) run as
+one batch. The host is only consulted every ``sync_every`` steps.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import PezError
+from .models import MAX_PROMPT_TOKENS, PezModel
+from .vocab import allowed_token_ids
+
+log = logging.getLogger(__name__)
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class PezConfig:
+    prompt_len: int = 16            # the paper's most transferable length
+    steps: int = 3000               # the paper's default
+    restarts: int | None = None     # parallel random starts per problem; None: 8 on CUDA, 1 elsewhere
+    lr: float = 0.1
+    weight_decay: float = 0.1
+    seed: int = 0
+    vocab: str = "words"
+    blocklist: str | Sequence[str] | None = None
+    allowlist: str | Sequence[str] | None = None
+    lr_schedule: str = "constant"
+    patience: int | None = None     # stop once the best has not improved for this many steps
+    sync_every: int = 20            # steps between host syncs (progress, cancel, plateau check)
+
+    def validate(self) -> None:
+        if not isinstance(self.prompt_len, int) or not 1 <= self.prompt_len <= MAX_PROMPT_TOKENS:
+            raise PezError(f"prompt length must be an integer from 1 to {MAX_PROMPT_TOKENS} (CLIP's limit), "
+                           f"got {self.prompt_len!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise PezError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.restarts is not None and (not isinstance(self.restarts, int) or self.restarts < 1):
+            raise PezError(f"restarts must be a positive integer, got {self.restarts!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise PezError(f"learning rate must be a positive number, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise PezError(f"weight decay must be zero or positive, got {self.weight_decay!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise PezError(f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.patience is not None and self.patience < 1:
+            raise PezError(f"patience must be a positive number of steps, got {self.patience!r}")
+        if self.sync_every < 1:
+            raise PezError(f"sync_every must be positive, got {self.sync_every!r}")
+
+
+@dataclass
+class Objective:
+    """Targets for P problems: unit features (P, T, D) and weights (P, T).
+
+    A negative weight pushes the prompt away from that target. The loss of a prompt is
+    sum_t w_t * (1 - cos_t) / sum_{w_t > 0} w_t, the paper's 1 - cosine for one target.
+    """
+    features: torch.Tensor
+    weights: torch.Tensor
+
+    def __post_init__(self):
+        if self.features.ndim != 3 or self.weights.shape != self.features.shape[:2]:
+            raise PezError("an objective needs features (P, T, D) and weights (P, T)")
+        if not (self.weights > 0).any(dim=1).all():
+            raise PezError("every problem needs at least one target with a positive weight")
+        if not torch.isfinite(self.features).all():
+            raise PezError("the target features contain NaN or infinite values")
+
+    @classmethod
+    def stack(cls, targets: Sequence[Sequence[tuple[torch.Tensor, float]]]) -> "Objective":
+        """One problem per entry, each a list of (feature (D,), weight)."""
+        if not targets:
+            raise PezError("no targets were given")
+        width = max(len(t) for t in targets)
+        dim = targets[0][0][0].shape[-1]
+        feats = torch.zeros(len(targets), width, dim)
+        weights = torch.zeros(len(targets), width)
+        for p, problem in enumerate(targets):
+            for t, (feat, weight) in enumerate(problem):
+                feats[p, t], weights[p, t] = feat.detach().float().cpu(), weight
+        return cls(F.normalize(feats, dim=-1), weights)
+
+    def to(self, device) -> "Objective":
+        return Objective(self.features.to(device), self.weights.to(device))
+
+    def scores(self, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(objective, similarity to the positive targets) for features (P, R, D) → each (P, R)."""
+        cos = torch.einsum("prd,ptd->prt", text_features, self.features)
+        weights = self.weights[:, None, :]
+        positive = weights.clamp(min=0)
+        total = positive.sum(-1)
+        return (weights * cos).sum(-1) / total, (positive * cos).sum(-1) / total
+
+
+@dataclass
+class Progress:
+    step: int
+    total: int
+    similarities: list[float]     # best so far, per problem
+    prompts: list[str]            # best so far, per problem
+
+    @property
+    def similarity(self) -> float:
+        return sum(self.similarities) / len(self.similarities)
+
+    @property
+    def prompt(self) -> str:
+        return self.prompts[0]
+
+
+@dataclass
+class PezResult:
+    prompt: str
+    similarity: float             # of the returned string, re-encoded as any CLIP text encoder sees it
+    token_ids: list[int]          # the ids ``prompt`` tokenizes to
+    steps: int
+    seconds: float
+    stopped_early: bool = False
+    candidates: list[tuple[str, float]] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("candidates")
+        return out
+
+
+Callback = Callable[[Progress], "bool | None"]
+
+
+def optimize(model: PezModel, objective: Objective, config: PezConfig | None = None,
+             callback: Callback | None = None) -> list[PezResult]:
+    """Find one hard prompt per problem of ``objective``.
+
+    ``callback`` receives a ``Progress`` every ``sync_every`` steps; returning True stops the run,
+    which then returns the best prompts so far. Exceptions raised by the callback propagate.
+    """
+    config = config or PezConfig()
+    config.validate()
+    # ComfyUI runs nodes under inference_mode; optimisation needs autograd.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _Run(model, objective, config).run(callback)
+
+
+class _Run:
+    def __init__(self, model: PezModel, objective: Objective, config: PezConfig):
+        self.model, self.config = model, config
+        device = model.device
+        self.problems = objective.features.shape[0]
+        self.restarts = config.restarts or (8 if device.type == "cuda" else 1)
+        self.objective = Objective(objective.features.clone().float(), objective.weights.clone().float()).to(device)
+        self.allowed = allowed_token_ids(model.tokenizer, config.vocab, config.blocklist, config.allowlist).to(device)
+        self.table = model.token_embeddings
+        # normalised once per run: projection is then one matmul + argmax on the device
+        self.vocab = F.normalize(self.table[self.allowed].float(), dim=-1)
+
+    def project(self, prompt: torch.Tensor) -> torch.Tensor:
+        """Nearest allowed token (by cosine) for every row of the continuous prompt → ids (B, L)."""
+        nearest = (F.normalize(prompt, dim=-1) @ self.vocab.T).argmax(dim=-1)
+        return self.allowed[nearest]
+
+    def run(self, callback: Callback | None) -> list[PezResult]:
+        cfg, model = self.config, self.model
+        P, R, L = self.problems, self.restarts, cfg.prompt_len
+        batch = P * R
+        generator = torch.Generator().manual_seed(cfg.seed)
+        start = self.allowed.cpu()[torch.randint(len(self.allowed), (batch, L), generator=generator)]
+        prompt = self.table[start.to(model.device)].float().clone().requires_grad_(True)
+        optimizer = torch.optim.AdamW([prompt], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps)
+                    if cfg.lr_schedule == "cosine" else None)
+        best_objective = torch.full((batch,), -math.inf, device=model.device)
+        best_similarity = torch.zeros(batch, device=model.device)
+        best_ids = start.to(model.device)
+
+        started = time.perf_counter()
+        reported = [-math.inf] * P
+        texts = [""] * P
+        last_gain_step, step, stopped = 0, 0, False
+        for step in range(1, cfg.steps + 1):
+            ids = self.project(prompt.detach())
+            hard = self.table[ids].float()
+            # straight-through: the loss is taken at the projection, its gradient moves the soft prompt
+            features = model.encode_embeddings(prompt + (hard - prompt).detach())
+            objective, similarity = self.objective.scores(features.view(P, R, -1))
+            loss = (1 - objective).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            with torch.no_grad():
+                better = objective.detach().flatten() > best_objective
+                best_objective = torch.where(better, objective.detach().flatten(), best_objective)
+                best_similarity = torch.where(better, similarity.detach().flatten(), best_similarity)
+                best_ids = torch.where(better[:, None], ids, best_ids)
+
+            if step % cfg.sync_every and step != cfg.steps:
+                continue
+            per_problem = best_objective.view(P, R).max(dim=1)
+            values = per_problem.values.tolist()
+            for p, value in enumerate(values):
+                if value > reported[p] + 1e-4:
+                    last_gain_step = step
+                if value > reported[p]:
+                    reported[p] = value
+                    texts[p] = model.decode(best_ids.view(P, R, L)[p, per_problem.indices[p]].tolist())
+            if callback is not None:
+                sims = best_similarity.view(P, R).gather(1, per_problem.indices[:, None]).flatten().tolist()
+                if callback(Progress(step, cfg.steps, sims, list(texts))):
+                    stopped = True
+                    break
+            if cfg.patience is not None and step - last_gain_step >= cfg.patience:
+                log.info("no gain for %d steps: stopping at step %d of %d", cfg.patience, step, cfg.steps)
+                stopped = step < cfg.steps
+                break
+
+        return self.finish(best_ids.view(P, R, L), step, time.perf_counter() - started, stopped)
+
+    def finish(self, candidates: torch.Tensor, steps: int, seconds: float, stopped: bool) -> list[PezResult]:
+        """Decode every restart's best prompt, re-encode the *strings*, and keep the best string.
+
+        Decoding and re-tokenizing can merge or split tokens, so the returned similarity is
+        measured on the string a user gets, never on ids it no longer maps to.
+        """
+        model = self.model
+        P, R, _ = candidates.shape
+        texts = [model.decode(ids) for ids in candidates.reshape(P * R, -1).tolist()]
+        readable = torch.tensor([bool(model.tokenize(t)) for t in texts])  # whitespace-only decodes are lost
+        if not readable.view(P, R).any(dim=1).all():
+            raise PezError("every prompt found decodes to whitespace; use the 'words' or 'ascii' vocabulary")
+        features = torch.zeros(P * R, self.objective.features.shape[-1], device=model.device)
+        with torch.no_grad():
+            features[readable.to(model.device)] = model.encode_texts([t for t, ok in zip(texts, readable) if ok])
+            objective, similarity = self.objective.scores(features.view(P, R, -1))
+        objective = objective.masked_fill(~readable.view(P, R).to(model.device), -math.inf)
+        results = []
+        for p in range(P):
+            r = int(objective[p].argmax())
+            text = texts[p * R + r]
+            token_ids = model.tokenize(text)
+            if token_ids != candidates[p, r].tolist():
+                log.debug("prompt %d re-tokenizes differently; its similarity is that of the string", p)
+            ranked = sorted(((texts[p * R + i], float(similarity[p, i])) for i in range(R) if readable[p * R + i]),
+                            key=lambda c: -c[1])
+            results.append(PezResult(text, float(similarity[p, r]), token_ids, steps, seconds, stopped, ranked))
+        return results
