@@ -24,7 +24,7 @@ def to_rgb_tensor(image) -> torch.Tensor:
         image = np.asarray(image.convert("RGBA") if "A" in image.getbands() else image.convert("RGB"))
     if isinstance(image, np.ndarray):
         scale = 255.0 if image.dtype == np.uint8 else 1.0
-        image = torch.from_numpy(np.ascontiguousarray(image)).float() / scale
+        image = torch.from_numpy(np.array(image, copy=True)).float() / scale
     if not isinstance(image, torch.Tensor):
         raise PezError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
     image = image.detach().float()

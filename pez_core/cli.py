@@ -1,0 +1,138 @@
+"""Command line: ``python -m pez_core invert|style|distill|score|models``.
+
+With ``--json`` stdout carries one JSON object per result, in input order; progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .engine import PezConfig
+from .errors import PezError
+from .models import PRECISIONS, available_models, load_model
+from .vocab import VOCAB_MODES
+
+log = logging.getLogger("pez_core")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pez_core", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default="ViT-L-14 · openai",
+                        help="preset, bundled model, open_clip architecture or checkpoint path (see `models`)")
+    common.add_argument("--pretrained", help="pretrained tag, weights path, or 'none' for random weights")
+    common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    common.add_argument("--precision", default="auto", choices=PRECISIONS)
+    common.add_argument("--json", action="store_true", help="one JSON object per result on stdout")
+    common.add_argument("-v", "--verbose", action="store_true")
+
+    optim = argparse.ArgumentParser(add_help=False)
+    optim.add_argument("--prompt-len", type=int, default=16)
+    optim.add_argument("--steps", type=int, default=3000)
+    optim.add_argument("--restarts", type=int, help="parallel random starts (default: 8 on CUDA, 1 on CPU)")
+    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--lr", type=float, default=0.1)
+    optim.add_argument("--weight-decay", type=float, default=0.1)
+    optim.add_argument("--vocab", default="words", choices=VOCAB_MODES)
+    optim.add_argument("--blocklist", help="comma-separated words the prompt must not use")
+    optim.add_argument("--allowlist", help="comma-separated word bank: the only words the prompt may use")
+    optim.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
+    optim.add_argument("--patience", type=int, help="stop after this many steps without improvement")
+    optim.add_argument("--negative-text", action="append", default=[], help="text to push away from (repeatable)")
+    optim.add_argument("--negative-image", action="append", default=[], type=Path, help="image to push away from")
+
+    for name, helptext in (("invert", "one prompt per image"), ("style", "one prompt shared by all images")):
+        sub = commands.add_parser(name, parents=[common, optim], help=helptext)
+        sub.add_argument("images", nargs="+", type=Path)
+    sub = commands.add_parser("distill", parents=[common, optim], help="a shorter prompt for a text")
+    sub.add_argument("text")
+    sub.add_argument("--ratio", type=float, help="prompt length as a share of the text's tokens (overrides --prompt-len)")
+    sub = commands.add_parser("score", parents=[common], help="cosine similarity of texts to images")
+    sub.add_argument("--text", action="append", required=True, help="text to score (repeatable)")
+    sub.add_argument("images", nargs="+", type=Path)
+    commands.add_parser("models", help="list usable model names")
+    return parser
+
+
+def _open_images(paths: list[Path]) -> list:
+    from PIL import Image, UnidentifiedImageError
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.copy())
+        except FileNotFoundError as e:
+            raise PezError(f"image not found: {path}") from e
+        except (UnidentifiedImageError, OSError) as e:
+            raise PezError(f"cannot read {path} as an image: {e}") from e
+    return images
+
+
+class _ProgressBar:
+    """tqdm on stderr, showing the best prompt so far."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+
+    def __call__(self, progress) -> None:
+        self.bar.update(progress.step - self.bar.n)
+        self.bar.set_postfix_str(f"sim {progress.similarity:.3f} · {progress.prompt[:60]}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    from . import tasks
+
+    model = load_model(args.model, args.pretrained, args.device, args.precision)
+    if args.command == "score":
+        sims = tasks.score(model, args.text, _open_images(args.images))
+        return [{"text": t, "image": str(p), "similarity": float(sims[i, j])}
+                for i, t in enumerate(args.text) for j, p in enumerate(args.images)]
+    config = PezConfig(prompt_len=args.prompt_len, steps=args.steps, restarts=args.restarts, seed=args.seed,
+                       lr=args.lr, weight_decay=args.weight_decay, vocab=args.vocab, blocklist=args.blocklist,
+                       allowlist=args.allowlist, lr_schedule=args.lr_schedule, patience=args.patience)
+    negatives = dict(negative_images=_open_images(args.negative_image) or None, negative_texts=args.negative_text)
+    bar = _ProgressBar(args.steps)
+    try:
+        if args.command == "invert":
+            results = tasks.invert(model, _open_images(args.images), config, callback=bar, **negatives)
+            named = zip(map(str, args.images), results)
+        elif args.command == "style":
+            named = [(", ".join(map(str, args.images)), tasks.style(model, _open_images(args.images), config,
+                                                                      callback=bar, **negatives))]
+        else:
+            named = [(args.text, tasks.distill(model, args.text, config, ratio=args.ratio, callback=bar))]
+    finally:
+        bar.close()
+    return [{"input": source, **result.to_dict()} for source, result in named]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "models":
+        for name, description in available_models():
+            sys.stdout.write(f"{name}\t{description}\n")
+        return 0
+    try:
+        rows = run(args)
+    except PezError as e:
+        log.error("%s", e)
+        return 2
+    for row in rows:
+        if args.json:
+            sys.stdout.write(json.dumps(row) + "\n")
+        elif "prompt" in row:
+            sys.stdout.write(f"{row['prompt']}\t(similarity {row['similarity']:.3f})\n")
+        else:
+            sys.stdout.write(f"{row['similarity']:.4f}\t{row['image']}\t{row['text']}\n")
+    return 0

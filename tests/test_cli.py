@@ -1,0 +1,75 @@
+"""The CLI end to end, in a subprocess, as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.tiny_models import write_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pez(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pez_core", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    checkpoint = write_tiny_checkpoint(folder)
+    images = []
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+        path = folder / f"image{i}.png"
+        Image.new("RGB", (40, 30), colour).save(path)
+        images.append(str(path))
+    return str(checkpoint), images
+
+
+def test_invert_json_one_line_per_image_in_order(setup):
+    checkpoint, images = setup
+    done = pez("invert", *images, "--model", checkpoint, "--steps", "15", "--prompt-len", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [row["input"] for row in rows] == images
+    for row in rows:
+        assert {"prompt", "similarity", "token_ids", "steps", "seconds"} <= row.keys()
+        assert row["steps"] == 15 and len(row["prompt"].split()) == 4 and row["seconds"] > 0
+    assert "step" in done.stderr  # the progress bar goes to stderr, not into the JSON stream
+
+
+def test_style_distill_and_score(setup):
+    checkpoint, images = setup
+    style = pez("style", *images, "--model", checkpoint, "--steps", "5", "--json")
+    distill = pez("distill", "a very long prompt about a red circle", "--model", checkpoint,
+                  "--steps", "5", "--ratio", "0.5", "--json", "--vocab", "ascii", "--blocklist", "red")
+    score = pez("score", "--text", "a red circle", "--text", "a blue square", *images, "--model", checkpoint, "--json")
+    assert style.returncode == distill.returncode == score.returncode == 0, style.stderr + distill.stderr + score.stderr
+    assert len(style.stdout.splitlines()) == 1
+    row = json.loads(distill.stdout)
+    assert len(row["token_ids"]) <= 5 and "red" not in row["prompt"].split()
+    sims = [json.loads(line) for line in score.stdout.splitlines()]
+    assert len(sims) == 4 and all(-1 <= s["similarity"] <= 1 for s in sims)
+
+
+def test_models_lists_presets():
+    done = pez("models")
+    assert done.returncode == 0
+    names = [line.split("\t")[0] for line in done.stdout.splitlines()]
+    assert "ViT-L-14 · openai" in names and "ViT-H-14 · laion2b_s32b_b79k" in names
+
+
+def test_errors_exit_2_with_a_message(setup, tmp_path):
+    checkpoint, _ = setup
+    missing = pez("invert", str(tmp_path / "nope.png"), "--model", checkpoint)
+    assert missing.returncode == 2 and "image not found" in missing.stderr
+    offline = pez("distill", "a cat", "--model", "ViT-L-14 · openai")
+    assert offline.returncode == 2 and "HF_HUB_OFFLINE" in offline.stderr and "Traceback" not in offline.stderr

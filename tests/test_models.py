@@ -1,0 +1,88 @@
+"""Model loading: names, checkpoints, offline behaviour, damaged files — and one real ViT-B-32."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import pez_core
+from pez_core import ModelLoadError, PezConfig, PezError, WeightsNotAvailableError
+from tests.tiny_models import write_tiny_checkpoint
+
+
+def test_checkpoint_with_config_loads_and_is_cached(tmp_path):
+    path = write_tiny_checkpoint(tmp_path)
+    first = pez_core.load_model(str(path), device="cpu")
+    assert pez_core.load_model(str(path), device="cpu") is first
+    assert first.image_size == 32 and first.token_embeddings.shape == (49408, 16)
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(PezError, match="unknown model 'ViT-Q-99'.*ViT-L-14 · openai"):
+        pez_core.load_model("ViT-Q-99", device="cpu")
+
+
+def test_unknown_tag_lists_tags():
+    with pytest.raises(PezError, match="known tags:.*laion2b_s34b_b79k"):
+        pez_core.load_model("ViT-B-32", "no_such_tag", device="cpu")
+
+
+def test_offline_missing_weights_names_file_and_folder_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(WeightsNotAvailableError) as error:
+        pez_core.load_model("ViT-H-14 · laion2b_s32b_b79k", device="cpu")
+    assert time.perf_counter() - started < 5
+    message = str(error.value)
+    assert "laion/CLIP-ViT-H-14-laion2B-s32B-b79K" in message and "open_clip_model.safetensors" in message
+    assert "models/pez" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_damaged_checkpoint_is_reported(tmp_path):
+    path = write_tiny_checkpoint(tmp_path, "damaged")
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="damaged"):
+        pez_core.load_model(str(path), device="cpu")
+
+
+def test_checkpoint_of_another_model_is_reported(tmp_path):
+    path = write_tiny_checkpoint(tmp_path, "ViT-B-32-mine")
+    path.with_suffix(".json").unlink()  # architecture now inferred from the name: ViT-B-32
+    with pytest.raises(ModelLoadError, match="does not fit ViT-B-32"):
+        pez_core.load_model(str(path), device="cpu")
+
+
+def test_checkpoint_without_architecture_is_reported(tmp_path):
+    path = write_tiny_checkpoint(tmp_path, "mystery")
+    path.with_suffix(".json").unlink()
+    with pytest.raises(ModelLoadError, match="cannot tell the architecture"):
+        pez_core.load_model(str(path), device="cpu")
+
+
+def test_missing_checkpoint_path(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        pez_core.load_model(str(tmp_path / "nothing.safetensors"), device="cpu")
+
+
+def test_bad_precision_and_device():
+    with pytest.raises(PezError, match="unknown precision"):
+        pez_core.load_model("ViT-B-32", "none", device="cpu", precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(PezError, match="no CUDA GPU"):
+            pez_core.load_model("ViT-B-32", "none", device="cuda")
+
+
+def test_vit_b32_random_weights_cut_and_recovery():
+    """The real ViT-B-32 text tower (random weights): exact cut at EOT, and PEZ beats random search."""
+    model = pez_core.load_model("ViT-B-32", "none", device="cpu")
+    ids = torch.randint(1, 49406, (2, 16), generator=torch.Generator().manual_seed(0))
+    full = torch.zeros(2, 77, dtype=torch.long)
+    full[:, 0], full[:, 1:17], full[:, 17] = model.sot_id, ids, model.eot_id
+    with torch.no_grad():
+        reference = torch.nn.functional.normalize(model.clip.encode_text(full), dim=-1)
+        assert (model.encode_ids(ids) - reference).abs().max() < 1e-5
+    from tests.test_core import planted_problem
+    objective, random_best = planted_problem(model, length=8, seed=2)
+    result = pez_core.optimize(model, objective, PezConfig(prompt_len=8, steps=60, seed=0))[0]
+    assert result.similarity > random_best, (result.similarity, random_best)
