@@ -154,6 +154,9 @@ def optimize(model: PezModel, objective: Objective, config: PezConfig | None = N
 
 
 class _Run:
+    """One optimisation: the state lives in fixed tensors updated in place, so a step can be replayed
+    as a CUDA graph (``pez_core.cuda_graph``) as well as run eagerly."""
+
     def __init__(self, model: PezModel, objective: Objective, config: PezConfig):
         self.model, self.config = model, config
         device = model.device
@@ -165,68 +168,76 @@ class _Run:
         # normalised once per run: projection is then one matmul + argmax on the device
         self.vocab = F.normalize(self.table[self.allowed].float(), dim=-1)
 
+        batch = self.problems * self.restarts
+        generator = torch.Generator().manual_seed(config.seed)
+        start = self.allowed.cpu()[torch.randint(len(self.allowed), (batch, config.prompt_len), generator=generator)]
+        self.prompt = self.table[start.to(device)].float().clone().requires_grad_(True)  # the soft prompt P
+        self.prompt.grad = torch.zeros_like(self.prompt)
+        self.optimizer = torch.optim.AdamW([self.prompt], lr=config.lr, weight_decay=config.weight_decay,
+                                           capturable=device.type == "cuda")
+        self.schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.steps)
+                         if config.lr_schedule == "cosine" else None)
+        self.best_objective = torch.full((batch,), -math.inf, device=device)
+        self.best_similarity = torch.zeros(batch, device=device)
+        self.best_ids = start.to(device)
+
     def project(self, prompt: torch.Tensor) -> torch.Tensor:
         """Nearest allowed token (by cosine) for every row of the continuous prompt → ids (B, L)."""
         nearest = (F.normalize(prompt, dim=-1) @ self.vocab.T).argmax(dim=-1)
         return self.allowed[nearest]
 
+    def step(self) -> None:
+        """One PEZ step, in place: project, score the hard prompt, move the soft prompt, track the best."""
+        prompt = self.prompt
+        ids = self.project(prompt.detach())
+        hard = self.table[ids].float()
+        # straight-through: the loss is taken at the projection, its gradient moves the soft prompt
+        features = self.model.encode_embeddings(prompt + (hard - prompt).detach())
+        objective, similarity = self.objective.scores(features.view(self.problems, self.restarts, -1))
+        loss = (1 - objective).sum()
+        prompt.grad.zero_()
+        loss.backward()
+        self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+        with torch.no_grad():
+            objective, similarity = objective.detach().flatten(), similarity.detach().flatten()
+            better = objective > self.best_objective
+            self.best_objective.copy_(torch.where(better, objective, self.best_objective))
+            self.best_similarity.copy_(torch.where(better, similarity, self.best_similarity))
+            self.best_ids.copy_(torch.where(better[:, None], ids, self.best_ids))
+
     def run(self, callback: Callback | None) -> list[PezResult]:
+        from .cuda_graph import graphed_step
+
         cfg, model = self.config, self.model
         P, R, L = self.problems, self.restarts, cfg.prompt_len
-        batch = P * R
-        generator = torch.Generator().manual_seed(cfg.seed)
-        start = self.allowed.cpu()[torch.randint(len(self.allowed), (batch, L), generator=generator)]
-        prompt = self.table[start.to(model.device)].float().clone().requires_grad_(True)
-        optimizer = torch.optim.AdamW([prompt], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps)
-                    if cfg.lr_schedule == "cosine" else None)
-        best_objective = torch.full((batch,), -math.inf, device=model.device)
-        best_similarity = torch.zeros(batch, device=model.device)
-        best_ids = start.to(model.device)
-
         started = time.perf_counter()
+        replay, step = graphed_step(self, cfg.steps)  # may run a few warm-up steps first
         reported = [-math.inf] * P
         texts = [""] * P
-        last_gain_step, step, stopped = 0, 0, False
-        for step in range(1, cfg.steps + 1):
-            ids = self.project(prompt.detach())
-            hard = self.table[ids].float()
-            # straight-through: the loss is taken at the projection, its gradient moves the soft prompt
-            features = model.encode_embeddings(prompt + (hard - prompt).detach())
-            objective, similarity = self.objective.scores(features.view(P, R, -1))
-            loss = (1 - objective).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            with torch.no_grad():
-                better = objective.detach().flatten() > best_objective
-                best_objective = torch.where(better, objective.detach().flatten(), best_objective)
-                best_similarity = torch.where(better, similarity.detach().flatten(), best_similarity)
-                best_ids = torch.where(better[:, None], ids, best_ids)
-
-            if step % cfg.sync_every and step != cfg.steps:
-                continue
-            per_problem = best_objective.view(P, R).max(dim=1)
-            values = per_problem.values.tolist()
-            for p, value in enumerate(values):
+        last_gain_step, stopped = 0, False
+        while step < cfg.steps:
+            for _ in range(min(cfg.sync_every - step % cfg.sync_every, cfg.steps - step)):
+                replay()
+                step += 1
+            per_problem = self.best_objective.view(P, R).max(dim=1)   # the host syncs here only
+            for p, value in enumerate(per_problem.values.tolist()):
                 if value > reported[p] + 1e-4:
                     last_gain_step = step
                 if value > reported[p]:
                     reported[p] = value
-                    texts[p] = model.decode(best_ids.view(P, R, L)[p, per_problem.indices[p]].tolist())
+                    texts[p] = model.decode(self.best_ids.view(P, R, L)[p, per_problem.indices[p]].tolist())
             if callback is not None:
-                sims = best_similarity.view(P, R).gather(1, per_problem.indices[:, None]).flatten().tolist()
+                sims = self.best_similarity.view(P, R).gather(1, per_problem.indices[:, None]).flatten().tolist()
                 if callback(Progress(step, cfg.steps, sims, list(texts))):
-                    stopped = True
+                    stopped = step < cfg.steps
                     break
             if cfg.patience is not None and step - last_gain_step >= cfg.patience:
                 log.info("no gain for %d steps: stopping at step %d of %d", cfg.patience, step, cfg.steps)
                 stopped = step < cfg.steps
                 break
-
-        return self.finish(best_ids.view(P, R, L), step, time.perf_counter() - started, stopped)
+        return self.finish(self.best_ids.view(P, R, L), step, time.perf_counter() - started, stopped)
 
     def finish(self, candidates: torch.Tensor, steps: int, seconds: float, stopped: bool) -> list[PezResult]:
         """Decode every restart's best prompt, re-encode the *strings*, and keep the best string.
