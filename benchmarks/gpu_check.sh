@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One device run: GPU tests + GPU benchmark. The GPU image lacks open_clip_torch, ftfy and wcwidth;
+# fetch them here first (repo root):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth
+# then run this script on the device with `.whl` carried. Output lands in $OUT (or ./artifacts).
+set -euo pipefail
+out=${OUT:-artifacts}; mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+python3 -m pytest -q -p no:cacheprovider --import-mode=importlib tests/test_gpu.py tests/test_core.py 2>&1 | tee "$out/tests.log"
+python3 benchmarks/gpu.py --models ViT-H-14 ViT-L-14 2>&1 | tee "$out/bench.md"
