@@ -1,8 +1,8 @@
 # Everything runs from a fresh machine: `make demo` and `make test` set up what they need.
+# Tests and the demo never touch the network (HF_HUB_OFFLINE=1); `make serve` may download presets.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: venv comfyui browser test demo serve bench clean
@@ -10,18 +10,27 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt -c requirements/comfyui-constraints.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 comfyui: venv
 	bash scripts/setup_comfyui.sh
 
-test: venv comfyui
-	$(PY) -m pytest -q
+browser: venv
+	bash scripts/setup_browser.sh
+
+test: venv comfyui browser
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 demo: venv comfyui
-	$(PY) -m scripts.demo
+	HF_HUB_OFFLINE=1 $(PY) -m scripts.demo
+
+serve: venv comfyui
+	$(PY) -m scripts.demo --serve
+
+bench: venv
+	$(PY) benchmarks/speed.py
 
 clean:
-	rm -rf $(VENV) .comfyui
+	rm -rf $(VENV) .comfyui .cache
