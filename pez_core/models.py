@@ -214,7 +214,8 @@ def load_model(name: str = "ViT-L-14 · openai", pretrained: str | None = None,
     dtype = resolve_dtype(precision, device)
     arch, config, weights = _resolve(name, pretrained)
     key = (arch, json.dumps(config, sort_keys=True) if config else None, str(weights), str(device), dtype)
-    with _CACHE_LOCK:
+    # weights made under inference_mode (ComfyUI runs nodes so) could never take part in a backward pass
+    with _CACHE_LOCK, torch.inference_mode(False):
         if key not in _CACHE:
             _CACHE[key] = PezModel(_build(arch, config, weights), name, device, dtype)
             log.info("loaded %s (%s) on %s as %s", name, weights, device, dtype)

@@ -1,0 +1,18 @@
+"""The PEZ nodes (ComfyUI V3 schema): thin adapters over pez_core."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .distill import DistillPrompt
+from .images import InvertImage, StylePrompt
+from .model import LoadModel
+from .text import ConcatPrompts, PromptSimilarity
+
+NODES: list[type[io.ComfyNode]] = [
+    LoadModel, InvertImage, DistillPrompt, StylePrompt, ConcatPrompts, PromptSimilarity,
+]
+
+
+class PezExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

@@ -1,0 +1,225 @@
+"""ComfyUI glue shared by the PEZ nodes: common inputs, live progress, devices, UI payloads.
+
+No PEZ algorithm lives here (that is pez_core); only what ComfyUI needs around it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import comfy.model_management as mm
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from .. import pez_core
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "PEZ"
+MAX_TOKENS = 75            # CLIP's 77 positions minus start and end of text
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+LIVE_EVERY_S = 0.25        # pez.progress + progress text: at most 4 a second
+BAR_EVERY_S = 0.1          # the node's progress bar
+GIB = 1 << 30
+
+PezModelType = io.Custom("PEZ_MODEL")
+
+
+# --- inputs shared by the optimising nodes --------------------------------------------------------
+def model_input() -> io.Input:
+    return PezModelType.Input("pez_model", tooltip="The CLIP model from PEZ Load Model. Use the CLIP your "
+                              "diffusion model reads prompts with (ViT-L-14 · openai for SD 1.x, SDXL and Flux).")
+
+
+def prompt_length_input(tooltip: str | None = None) -> io.Input:
+    return io.Int.Input("prompt_length", default=16, min=1, max=MAX_TOKENS, tooltip=tooltip or (
+        "Length of the learned prompt in CLIP tokens. 16 transfers best between models in the PEZ paper; "
+        "at most 75 (CLIP's limit)."))
+
+
+def steps_input() -> io.Input:
+    return io.Int.Input("steps", default=3000, min=1, max=100_000, tooltip=(
+        "Optimisation steps. 3000 is the paper's default; a few hundred give a usable draft. "
+        "The node shows the best prompt so far while it runs; Cancel stops it (without a result)."))
+
+
+def restarts_input() -> io.Input:
+    return io.Int.Input("restarts", default=0, min=0, max=64, tooltip=(
+        "Random starts optimised side by side; the best wins. 0 = auto (8 on a GPU, 1 on the CPU). "
+        "More restarts find better prompts and cost memory and time."))
+
+
+def learning_rate_input() -> io.Input:
+    return io.Float.Input("learning_rate", default=0.1, min=0.001, max=10.0, step=0.01, round=0.001,
+                          tooltip="AdamW learning rate of the soft prompt (the paper uses 0.1).")
+
+
+def seed_input() -> io.Input:
+    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                        tooltip="Seed of the random starting prompt: the same seed and settings give the same prompt.")
+
+
+def vocabulary_input() -> io.Input:
+    return io.Combo.Input("vocabulary", options=list(pez_core.VOCAB_MODES), default="words", tooltip=(
+        "Tokens PEZ may use. words: whole lowercase words (readable prompts); ascii: any printable "
+        "token, incl. word pieces and punctuation; full: every CLIP token, incl. emoji and other scripts "
+        "(highest similarity, least readable)."))
+
+
+def blocklist_input() -> io.Input:
+    return io.String.Input("blocklist", multiline=True, default="", optional=True, tooltip=(
+        "Words the prompt must never contain, separated by commas or new lines "
+        "(e.g. artist names or unwanted words). Every CLIP token of these words is banned."))
+
+
+def negative_inputs() -> list[io.Input]:
+    return [
+        io.Image.Input("negative_images", optional=True, tooltip=(
+            "Optional images the prompt should NOT describe: their features push the prompt away "
+            "(weight 0.5 each).")),
+        io.String.Input("negative_text", multiline=True, default="", optional=True, tooltip=(
+            "Optional text the prompt should move away from (e.g. 'blurry, watermark'). Empty: none.")),
+    ]
+
+
+def make_config(model: pez_core.PezModel, *, prompt_length: int, steps: int, seed: int, vocabulary: str,
+                restarts: int = 0, learning_rate: float = 0.1, blocklist: str = "") -> pez_core.PezConfig:
+    # A cancel is seen at each sync: on the CPU a sync is nearly free and a step of a big CLIP is slow,
+    # so sync often; on a GPU every sync stalls the device, so sync every 20 (well under a second).
+    return pez_core.PezConfig(
+        prompt_len=int(prompt_length), steps=int(steps), restarts=int(restarts) or None, lr=float(learning_rate),
+        seed=int(seed), vocab=vocabulary, blocklist=(blocklist or "").strip() or None,
+        sync_every=2 if model.device.type == "cpu" else 20)
+
+
+def check_choices(**checks: tuple[Any, Sequence[str]]) -> bool | str:
+    """validate_inputs helper: ComfyUI 0.3.75 does not check V3 combo values itself. ``name=(value,
+    options)``; a value may be a list (list inputs) and is None when linked. True, or what is wrong."""
+    for name, (value, options) in checks.items():
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and v not in options:
+                return f"{name} {v!r} is not one of: {', '.join(map(str, options))}"
+    return True
+
+
+# --- list inputs (nodes with is_input_list=True get every input as a list) -------------------------
+def first(value: Any, default: Any = None) -> Any:
+    """The first item of a list input (or the value itself); ``default`` when absent or empty."""
+    if isinstance(value, list):
+        return value[0] if value else default
+    return default if value is None else value
+
+
+def images_of(value: Any) -> list[torch.Tensor]:
+    """IMAGE input(s) — a (B, H, W, C) batch, or a list of batches of different sizes — as a list of
+    (H, W, C) tensors, cloned outside inference mode (ComfyUI hands nodes inference tensors).
+    Call inside ``torch.inference_mode(False)``."""
+    if value is None:
+        return []
+    batches = value if isinstance(value, list) else [value]
+    images: list[torch.Tensor] = []
+    for batch in batches:
+        if batch is None:
+            continue
+        if not isinstance(batch, torch.Tensor):
+            raise pez_core.PezError(f"expected an IMAGE, got {type(batch).__name__}")
+        images.extend([batch.clone()] if batch.ndim == 3 else list(batch.clone()))
+    return images
+
+
+def texts_of(value: Any) -> list[str]:
+    """Non-blank strings of a STRING input that may be a list."""
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, str) and v.strip()]
+
+
+# --- devices and memory -------------------------------------------------------------------------------
+@contextmanager
+def device_session(model: pez_core.PezModel) -> Iterator[None]:
+    """Make room on an accelerator before a run (the vision tower and activations come and go) and
+    return the cached blocks afterwards; a no-op on the CPU. Runs outside inference mode."""
+    on_gpu = model.device.type != "cpu"
+    if on_gpu:
+        mm.free_memory(mm.module_size(model.clip) + GIB, model.device)
+    try:
+        with torch.inference_mode(False):
+            yield
+    finally:
+        if on_gpu:
+            mm.soft_empty_cache()
+
+
+# --- live progress -------------------------------------------------------------------------------------
+class LiveProgress:
+    """pez_core callback: ComfyUI progress bar + cancel, and the live text for the PEZ web extension.
+
+    Every call checks for Cancel (raising ComfyUI's InterruptProcessingException through pez_core).
+    At most every 0.1 s the progress bar moves (websocket ``progress``); at most every 0.25 s (and at
+    the last step) the web extension gets ``pez.progress`` and the node shows a progress text.
+    """
+
+    def __init__(self, unique_id: Any, total: int):
+        self.node = None if unique_id is None else str(unique_id)
+        self.bar = comfy.utils.ProgressBar(total)
+        self._bar_at = self._live_at = 0.0
+
+    def __call__(self, progress: pez_core.Progress) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        now = time.monotonic()
+        last = progress.step >= progress.total
+        if last or now - self._bar_at >= BAR_EVERY_S:
+            self._bar_at = now
+            self.bar.update_absolute(progress.step, progress.total)
+        if last or now - self._live_at >= LIVE_EVERY_S:
+            self._live_at = now
+            send_live(self.node, progress)
+
+
+def send_live(node: str | None, progress: pez_core.Progress) -> None:
+    """``pez.progress`` for the web extension and the node's progress text. "prompt" is the best prompt so
+    far (of the first image in a batch; "prompts"/"similarities" hold one per image), "similarity" the mean."""
+    server = _server()
+    if server is None or node is None:
+        return
+    from comfy_execution.utils import get_executing_context
+
+    context = get_executing_context()
+    step, total = int(progress.step), int(progress.total)
+    similarity, prompt = float(progress.similarity), progress.prompt
+    server.send_sync("pez.progress", {
+        "node": node, "display_node": node, "step": step, "total": total, "similarity": similarity,
+        "prompt": prompt, "prompt_id": context.prompt_id if context is not None else server.last_prompt_id,
+        "prompts": list(progress.prompts), "similarities": [float(s) for s in progress.similarities],
+    }, server.client_id)
+    server.send_progress_text(f"step {step}/{total} · sim {similarity:.3f}\n{prompt}", node)
+
+
+def send_node_text(node: Any, text: str) -> None:
+    """A text shown on the node (ComfyUI's progress-text channel)."""
+    server = _server()
+    if server is not None and node is not None:
+        server.send_progress_text(text, str(node))
+
+
+def _server() -> Any:
+    try:
+        from server import PromptServer
+    except ImportError:  # not inside a ComfyUI server
+        return None
+    return getattr(PromptServer, "instance", None)
+
+
+# --- UI payload ---------------------------------------------------------------------------------------
+def text_ui(prompts: Sequence[str], similarities: Sequence[float]) -> dict[str, list]:
+    """The UI output of every text-producing PEZ node: one string and one similarity per prompt."""
+    return {"text": [str(p) for p in prompts], "pez_similarity": [float(s) for s in similarities]}
+
+
+def log_results(node: str, results: Sequence[pez_core.PezResult]) -> None:
+    for r in results:
+        log.info("%s: %r (similarity %.4f, %d steps, %.1f s%s)", node, r.prompt, r.similarity, r.steps,
+                 r.seconds, ", stopped early" if r.stopped_early else "")

@@ -1,0 +1,60 @@
+"""PEZ Distill Prompt: a shorter prompt with the meaning of a long one."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .. import pez_core
+from .common import (CATEGORY, LiveProgress, check_choices, device_session, log_results, make_config, model_input,
+                     prompt_length_input, seed_input, steps_input, text_ui, vocabulary_input)
+
+TARGETS = ("length", "0.7", "0.5", "0.3", "0.1")
+
+
+class DistillPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PEZ_DistillPrompt",
+            display_name="PEZ Distill Prompt",
+            category=CATEGORY,
+            description="Distill a long prompt into a shorter one that CLIP reads the same way (PEZ). "
+                        "Prompts longer than CLIP's 75 tokens are fine: they are read in 75-token chunks.",
+            inputs=[
+                model_input(),
+                io.String.Input("text", multiline=True, default="", tooltip=(
+                    "The prompt to shorten. Any length; past 75 CLIP tokens it is encoded in chunks, "
+                    "as ComfyUI's CLIP Text Encode does.")),
+                io.Combo.Input("target", options=list(TARGETS), default="0.5", tooltip=(
+                    "How short: 'length' uses the length widget; a number keeps that share of the text's CLIP "
+                    "tokens (0.5 = half as many, at least 1, at most 75).")),
+                prompt_length_input("Length of the distilled prompt in CLIP tokens (1–75); used when "
+                                    "target is 'length'."),
+                steps_input(),
+                seed_input(),
+                vocabulary_input(),
+            ],
+            outputs=[
+                io.String.Output("prompt", display_name="prompt", tooltip="The distilled prompt."),
+                io.Float.Output("similarity", display_name="similarity",
+                                tooltip="CLIP cosine similarity of the distilled prompt to the original text."),
+            ],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, target, vocabulary) -> bool | str:
+        return check_choices(target=(target, TARGETS), vocabulary=(vocabulary, pez_core.VOCAB_MODES))
+
+    @classmethod
+    def execute(cls, pez_model: pez_core.PezModel, text: str, target: str, prompt_length: int, steps: int,
+                seed: int, vocabulary: str) -> io.NodeOutput:
+        if not text.strip():
+            raise pez_core.PezError("the text to distill is empty; type or connect a prompt")
+        ratio = None if target == "length" else float(target)
+        config = make_config(pez_model, prompt_length=prompt_length, steps=steps, seed=seed, vocabulary=vocabulary)
+        with device_session(pez_model):
+            result = pez_core.distill(pez_model, text, config, ratio=ratio,
+                                      callback=LiveProgress(cls.hidden.unique_id, config.steps))
+        log_results("PEZ Distill Prompt", [result])
+        return io.NodeOutput(result.prompt, result.similarity, ui=text_ui([result.prompt], [result.similarity]))

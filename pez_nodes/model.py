@@ -1,0 +1,113 @@
+"""PEZ Load Model: a preset, a bundled model, or a checkpoint from the ``pez`` model folder."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import comfy.model_management as mm
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from .. import pez_core
+from ..pez_core.models import CHECKPOINT_SUFFIXES, PRECISIONS, bundled_models
+from .common import CATEGORY, PezModelType, check_choices
+
+log = logging.getLogger(__name__)
+
+FOLDER = "pez"
+DEVICES = ("auto", "cpu")
+
+
+def register_model_folder() -> None:
+    """``models/pez`` as ComfyUI model folder "pez" (extra_model_paths.yaml may add more folders)."""
+    path = os.path.join(folder_paths.models_dir, FOLDER)
+    folder_paths.add_model_folder_path(FOLDER, path)
+    try:
+        os.makedirs(path, exist_ok=True)  # so users see where checkpoints go
+    except OSError:
+        pass
+
+
+register_model_folder()
+
+
+def model_folders() -> str:
+    return ", ".join(folder_paths.get_folder_paths(FOLDER))
+
+
+def checkpoint_files() -> list[str]:
+    return [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith(CHECKPOINT_SUFFIXES)]
+
+
+def model_options() -> list[str]:
+    return [*pez_core.PRESETS, *bundled_models(), *checkpoint_files()]
+
+
+def _local_preset_file(name: str) -> str | None:
+    """A preset's weights saved in the pez folder as <arch>-<tag>.<suffix> (what the offline error asks for)."""
+    preset = pez_core.PRESETS[name]
+    stem = f"{preset.arch}-{preset.pretrained}"
+    for file in checkpoint_files():
+        if Path(file).stem == stem:
+            return folder_paths.get_full_path_or_raise(FOLDER, file)
+    return None
+
+
+def resolve(name: str) -> str:
+    """The name or path pez_core.load_model takes for a dropdown value; actionable errors otherwise."""
+    if name in pez_core.PRESETS:
+        return _local_preset_file(name) or name
+    if name in bundled_models():
+        return name
+    if name in checkpoint_files():
+        return folder_paths.get_full_path_or_raise(FOLDER, name)
+    raise pez_core.PezError(
+        f"model {name!r} not found: it is no preset or bundled model, and no such checkpoint is in the pez "
+        f"model folder ({model_folders()}). Put the checkpoint there (with its open_clip config <name>.json "
+        f"beside it, or a name starting with its architecture, e.g. ViT-L-14-openai.safetensors), then "
+        f"refresh the browser (R), or choose one of: {', '.join(model_options())}")
+
+
+class LoadModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        serves = "; ".join(f"{name}: {p.serves}" for name, p in pez_core.PRESETS.items())
+        return io.Schema(
+            node_id="PEZ_LoadModel",
+            display_name="PEZ Load Model",
+            category=CATEGORY,
+            description="Load an OpenCLIP model for the PEZ nodes. Learn prompts with the CLIP your diffusion "
+                        "model reads them with.",
+            inputs=[
+                io.Combo.Input("model", options=model_options(), default=next(iter(pez_core.PRESETS)), tooltip=(
+                    f"Which CLIP to learn prompts for — {serves}. Presets download once into the Hugging Face "
+                    f"cache; offline, save the weights as <arch>-<tag>.safetensors (e.g. "
+                    f"ViT-L-14-openai.safetensors) in models/pez. Bundled models work offline. Checkpoints "
+                    f"in models/pez (with a <name>.json open_clip config beside them) are listed too.")),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=(
+                    "Weights' precision. auto: bf16 (or fp16) on a GPU, fp32 on the CPU.")),
+                io.Combo.Input("device", options=list(DEVICES), default="auto", tooltip=(
+                    "auto: ComfyUI's device (the GPU when there is one). cpu: keep the GPU free (slow).")),
+            ],
+            outputs=[PezModelType.Output("pez_model", display_name="pez_model",
+                                         tooltip="The loaded model, for the other PEZ nodes.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model, precision, device) -> bool | str:
+        # Any model name passes: execute() says precisely what is missing and where it must go.
+        return check_choices(precision=(precision, PRECISIONS), device=(device, DEVICES))
+
+    @classmethod
+    def execute(cls, model: str, precision: str, device: str) -> io.NodeOutput:
+        target = mm.get_torch_device() if device == "auto" else device
+        try:
+            loaded = pez_core.load_model(resolve(model), device=target, precision=precision)
+        except pez_core.WeightsNotAvailableError as e:
+            # the same error, with where this ComfyUI looks (one message in the log, not two)
+            where = f" This ComfyUI's pez model folders: {model_folders()}."
+            raise pez_core.WeightsNotAvailableError(f"{e}{where}") from None
+        log.info("PEZ Load Model: %s", loaded)
+        return io.NodeOutput(loaded)

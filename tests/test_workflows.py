@@ -1,0 +1,171 @@
+"""The example workflows (UI format, example_workflows/*.json) against the running server.
+
+Every file must match the server's /object_info (node types, widget counts, typed links), is served
+by ComfyUI's template browser, and its PEZ part runs: the file is converted to the API format the
+way the graph editor does it, models that cannot load offline become the tiny test checkpoint,
+steps are cut, and the nodes that need a diffusion checkpoint are left out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from comfy_harness import ComfyServer
+from conftest import TINY_MODEL
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+FILES = sorted(EXAMPLES.glob("*.json"))
+PACK = "pez_hard_prompts"
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute"}  # nodes the graph editor never sends to the server
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+NEEDS_CHECKPOINT = {"CheckpointLoaderSimple"}
+TEST_STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server: ComfyServer) -> dict[str, Any]:
+    return comfy_server.object_info()
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def inputs_in_order(info: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+    """(name, spec) of a node class's inputs in the order the graph editor creates widgets."""
+    order = info.get("input_order") or {s: list(info["input"].get(s, {})) for s in ("required", "optional")}
+    return [(name, info["input"][section][name]) for section in ("required", "optional")
+            for name in order.get(section, [])]
+
+
+def is_widget(spec: list[Any]) -> bool:
+    options = spec[1] if len(spec) > 1 else {}
+    return (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES) and not options.get("forceInput")
+
+
+def widget_values_per_input(spec: list[Any]) -> int:
+    """Saved widget values one widget input takes: its value, plus the seed's "control after generate"
+    value, plus the image upload button's value."""
+    options = spec[1] if len(spec) > 1 else {}
+    return 1 + bool(options.get("control_after_generate")) + bool(options.get("image_upload"))
+
+
+def input_type(spec: list[Any]) -> str:
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """UI format → API format, as the graph editor's "queue prompt" does it."""
+    links = {link[0]: link for link in workflow["links"]}
+    graph: dict[str, dict[str, Any]] = {}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) != 0:
+            continue
+        values = iter(node.get("widgets_values") or [])
+        inputs: dict[str, Any] = {}
+        for name, spec in inputs_in_order(object_info[node["type"]]):
+            if is_widget(spec):
+                inputs[name] = next(values)
+                for _ in range(widget_values_per_input(spec) - 1):
+                    next(values)
+        for entry in node.get("inputs", []):
+            if entry.get("link") is not None:
+                link = links[entry["link"]]
+                inputs[entry["name"]] = [str(link[1]), link[2]]
+        graph[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return graph
+
+
+def runnable_part(graph: dict[str, dict[str, Any]], models_dir: Path) -> dict[str, dict[str, Any]]:
+    """Drop what needs a diffusion checkpoint; tiny model, few steps for the PEZ nodes."""
+    from pez_core.models import bundled_models
+
+    dropped = {k for k, v in graph.items() if v["class_type"] in NEEDS_CHECKPOINT}
+    changed = True
+    while changed:  # and everything fed by it
+        changed = False
+        for key, node in graph.items():
+            if key not in dropped and any(isinstance(v, list) and v[0] in dropped for v in node["inputs"].values()):
+                dropped.add(key)
+                changed = True
+    part = {k: json.loads(json.dumps(v)) for k, v in graph.items() if k not in dropped}
+    for node in part.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "PEZ_LoadModel":
+            model = inputs["model"]
+            if model not in bundled_models() and not (models_dir / model).is_file():
+                inputs["model"] = TINY_MODEL  # presets and downloads are not available offline
+        if node["class_type"].startswith("PEZ_") and "steps" in inputs:
+            inputs["steps"] = TEST_STEPS
+    return part
+
+
+def test_there_are_five_examples() -> None:
+    assert len(FILES) == 5, FILES
+
+
+def test_templates_are_served(comfy_server: ComfyServer) -> None:
+    listed = comfy_server.get_json("/workflow_templates")
+    assert sorted(listed[PACK]) == sorted(f.stem for f in FILES)
+    for path in FILES:
+        resp = comfy_server.request("GET", f"/api/workflow_templates/{PACK}/{quote(path.name)}")
+        assert resp.ok, (path.name, resp.status_code)
+        assert resp.json() == load(path)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_workflow_matches_the_server(object_info: dict[str, Any], path: Path) -> None:
+    workflow = load(path)
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    assert len(nodes) == len(workflow["nodes"]), "duplicate node ids"
+    assert workflow["last_node_id"] >= max(nodes)
+    assert workflow["last_link_id"] >= max(link[0] for link in workflow["links"])
+    assert any(node["type"].startswith("PEZ_") for node in nodes.values())
+    for node in nodes.values():
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        assert node["type"] in object_info, f"{path.name}: unknown node type {node['type']}"
+        info = object_info[node["type"]]
+        expected = sum(widget_values_per_input(spec) for _, spec in inputs_in_order(info) if is_widget(spec))
+        assert len(node["widgets_values"]) == expected, (path.name, node["id"], node["type"])
+        cnr = ("pez-hard-prompts", "0.1.0") if node["type"].startswith("PEZ_") else ("comfy-core", "0.3.75")
+        assert (node["properties"]["cnr_id"], node["properties"]["ver"]) == cnr
+        specs = dict(inputs_in_order(info))
+        for entry in node["inputs"]:
+            assert entry["name"] in specs, (path.name, node["type"], entry["name"])
+            assert entry["type"] == input_type(specs[entry["name"]])
+            assert ("widget" in entry) == is_widget(specs[entry["name"]])
+        for slot, output in enumerate(node["outputs"]):
+            assert output["type"] == info["output"][slot] and output["name"] == info["output_name"][slot]
+    seen_links = set()
+    for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
+        assert link_id not in seen_links
+        seen_links.add(link_id)
+        out = nodes[origin]["outputs"][origin_slot]
+        into = nodes[target]["inputs"][target_slot]
+        assert link_id in (out["links"] or []) and into["link"] == link_id, (path.name, link_id)
+        assert kind == out["type"] == into["type"], (path.name, link_id)
+    for node in nodes.values():  # no dangling link ids
+        for entry in node.get("inputs", []):
+            assert entry.get("link") is None or entry["link"] in seen_links
+        for output in node.get("outputs", []):
+            assert set(output["links"] or []) <= seen_links
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_pez_part_runs(comfy_server: ComfyServer, object_info: dict[str, Any], path: Path) -> None:
+    graph = runnable_part(to_api(load(path), object_info), comfy_server.models_dir)
+    pez_nodes = {k: v["class_type"] for k, v in graph.items() if v["class_type"].startswith("PEZ_")}
+    text_nodes = [k for k, kind in pez_nodes.items() if kind != "PEZ_LoadModel"]
+    assert text_nodes
+    result = comfy_server.run(graph, timeout=120)
+    assert result.ok, (result.status, (result.error or {}).get("exception_message"))
+    for key in text_nodes:
+        ui = result.outputs[key]
+        assert ui["text"] and all(isinstance(t, str) for t in ui["text"])
+        assert "pez_similarity" in ui or "pez_token_count" in ui
