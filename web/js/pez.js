@@ -1,0 +1,504 @@
+// PEZ Hard Prompts: show what PEZ is doing on the node itself.
+//
+// - While a PEZ node runs: the best prompt so far, its similarity and step/total, from the
+//   custom websocket event `pez.progress` (throttled to a few redraws per second).
+// - When it ends: the final prompt(s) and similarity (from the node's `ui` output, delivered to
+//   `onExecuted`) in a read-only text box, with a "copy prompt" button. A node's own closing
+//   note (sent with send_progress_text, e.g. Concat's token count) is shown under the prompt.
+// - The shown result is kept in `node.properties.pez_result`, so a saved workflow shows it again
+//   when reopened. The text box and the button are never serialized into `widgets_values`
+//   (they are the last widgets of the node and have `serialize: false`), so the saved values of
+//   the real widgets keep their positions.
+//
+// Written against ComfyUI frontend 1.32.9 (ComfyUI 0.3.75). It uses the extension API
+// (app.registerExtension, api.addEventListener, node.addDOMWidget, node.addWidget, the LiteGraph
+// node callbacks); the one frontend detail it relies on is the name of the built-in progress-text
+// widget (if that changes, the built-in text simply shows too). Nothing here talks to the network.
+//
+// The file lives in web/js/, served as /extensions/<pack>/js/pez.js, hence three "../".
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+
+const EXTENSION = "pez.hardprompts";
+const TAG = "[pez.hardprompts]";
+
+// Nodes that produce prompt text: they get the text box as soon as they are created. Any other
+// PEZ node (category "PEZ" or id "PEZ_*") gets it when it first sends text.
+const TEXT_NODES = new Set([
+  "PEZ_InvertImage",
+  "PEZ_DistillPrompt",
+  "PEZ_StylePrompt",
+  "PEZ_ConcatPrompts",
+  "PEZ_PromptSimilarity",
+]);
+
+const DISPLAY_WIDGET = "pez_result"; // read-only text box (DOM widget)
+const COPY_WIDGET = "copy prompt"; // button
+const RESULT_PROPERTY = "pez_result"; // node.properties key that keeps the last result
+// The frontend's own widget for send_progress_text (useNodeProgressText in frontend 1.32.9). It
+// has no `serialize: false` of its own, so its text would be saved into widgets_values: on PEZ
+// nodes it is excluded from serialization, and where the text box exists it is hidden, since the
+// box shows the same: live progress (from pez.progress), or a node's closing note (e.g. Concat's
+// token count, Prompt Similarity's per-input scores), which the box shows under the result and
+// saves with it.
+const BUILTIN_PROGRESS_WIDGET = "$$node-text-preview";
+
+const THROTTLE_MS = 250; // at most 4 progress redraws per second and node
+const PEZ_NODE = Symbol("pez.node"); // on the prototypes of PEZ node types
+const STATE = Symbol("pez.state"); // per node instance
+const running = new Set(); // nodes that show live progress now
+
+function asList(value) {
+  if (value === undefined || value === null) return [];
+  return Array.isArray(value) ? value : [value];
+}
+
+function formatSimilarity(value) {
+  const num = typeof value === "string" ? Number(value) : value;
+  return typeof num === "number" && Number.isFinite(num) ? num.toFixed(3) : "n/a";
+}
+
+function isPezNodeDef(nodeData) {
+  const name = String(nodeData?.name ?? "");
+  const category = String(nodeData?.category ?? "");
+  return name.startsWith("PEZ_") || category === "PEZ" || category.startsWith("PEZ/");
+}
+
+function isPezNode(node) {
+  return !!node?.[PEZ_NODE];
+}
+
+/** The node of an execution id ("12", or "5:12" inside a subgraph), or null. */
+function findNode(executionId) {
+  if (executionId === undefined || executionId === null || !app.graph) return null;
+  let graph = app.graph;
+  let node = null;
+  for (const part of String(executionId).split(":")) {
+    node = graph?.getNodeById?.(part) ?? graph?.getNodeById?.(Number(part)) ?? null;
+    if (!node) return null;
+    graph = node.subgraph;
+  }
+  return node;
+}
+
+function injectStyle() {
+  if (document.getElementById("pez-hardprompts-style")) return;
+  const style = document.createElement("style");
+  style.id = "pez-hardprompts-style";
+  style.textContent = `
+    textarea.pez-result {
+      cursor: text; white-space: pre-wrap; overflow-wrap: anywhere;
+      font-family: ui-sans-serif, system-ui, sans-serif; font-size: 13px; line-height: 1.35;
+    }
+    textarea.pez-result.pez-running { opacity: 0.8; font-style: italic; }
+    textarea.pez-result.pez-warning { outline: 1px solid #d9a400; }
+  `;
+  document.head.appendChild(style);
+}
+
+function toast(severity, summary, detail) {
+  try {
+    app.extensionManager?.toast?.add?.({ severity, summary, detail, life: 2500 });
+  } catch (err) {
+    console.warn(TAG, "toast failed", err);
+  }
+}
+
+// -- the widgets ---------------------------------------------------------------------------
+
+/** Create (once) the text box and the copy button on `node`; return its state. */
+function ensureUi(node) {
+  if (node[STATE]) return node[STATE];
+
+  const element = document.createElement("textarea");
+  element.className = "comfy-multiline-input pez-result";
+  element.readOnly = true;
+  element.spellcheck = false;
+  element.placeholder = "PEZ: the prompt shows here while the node runs and when it is done.";
+  element.setAttribute("aria-label", "PEZ result");
+
+  let value = "";
+  const display = node.addDOMWidget(DISPLAY_WIDGET, "pez_text", element, {
+    serialize: false, // not part of the API prompt (graphToPrompt checks options.serialize)
+    getValue: () => value,
+    setValue: (v) => {
+      value = v === undefined || v === null ? "" : String(v);
+      element.value = value;
+    },
+    getMinHeight: () => 88,
+  });
+  display.serialize = false; // not part of widgets_values (LGraphNode.serialize checks this)
+
+  const copy = node.addWidget("button", COPY_WIDGET, null, () => copyPrompt(node), {
+    serialize: false,
+  });
+  copy.serialize = false;
+  copy.tooltip = "Copy the prompt to the clipboard";
+
+  node[STATE] = {
+    display,
+    element,
+    copy,
+    copyText: "",
+    timer: null,
+    pending: null,
+    lastRender: 0,
+    live: false, // got pez.progress in this run: progress texts are live, not a note
+    note: null, // the last progress text of a run without live progress
+    progressText: "",
+    done: false,
+    doneAt: -Infinity,
+  };
+  return node[STATE];
+}
+
+/** Keep the frontend's built-in progress-text widget of a PEZ node out of saves; hide it where
+ * the text box shows its text. It is the last widget, as ours are: LGraphNode.serialize leaves a
+ * hole at the index of an unserialized widget, and only trailing holes keep positions intact. */
+function tameBuiltinProgress(node) {
+  const widget = node.widgets?.find((w) => w?.name === BUILTIN_PROGRESS_WIDGET);
+  if (!widget) return;
+  if (widget.serialize !== false) {
+    widget.serialize = false;
+    if (widget.options) widget.options.serialize = false;
+  }
+  if (node[STATE] && !widget.hidden) {
+    widget.hidden = true;
+    widget.computeLayoutSize = () => ({ minHeight: 0, maxHeight: 0, minWidth: 0 });
+    node.setDirtyCanvas?.(true, true);
+  }
+}
+
+function show(node, text, { running = false, warning = false } = {}) {
+  const state = ensureUi(node);
+  state.display.value = text;
+  state.element.classList.toggle("pez-running", running);
+  state.element.classList.toggle("pez-warning", warning);
+  node.setDirtyCanvas?.(true, false);
+}
+
+// -- results -------------------------------------------------------------------------------
+
+/** The `ui` dict of a PEZ node, reduced to what is shown and saved; null without text. */
+function resultOf(message) {
+  const text = asList(message?.text).map((t) => String(t));
+  if (!text.length) return null;
+  const result = { text };
+  const similarity = asList(message?.pez_similarity);
+  if (similarity.length) result.similarity = similarity;
+  const tokens = asList(message?.pez_token_count);
+  if (tokens.length) result.token_count = tokens;
+  const warning = asList(message?.pez_warning).map((w) => String(w));
+  if (warning.length) result.warning = warning;
+  return result;
+}
+
+/** What is shown under the prompt(s): the node's own note if it sent one, else made up here. */
+function metaLines(result) {
+  if (result.note) return [result.note];
+  const { text, similarity = [], token_count: tokens = [], warning = [] } = result;
+  const lines = [];
+  if (text.length === 1) {
+    const meta = [];
+    if (similarity.length) meta.push(`similarity ${formatSimilarity(similarity[0])}`);
+    if (tokens.length) meta.push(`${tokens[0]} tokens`);
+    if (meta.length) lines.push(meta.join(" · "));
+  }
+  for (const w of warning) lines.push(`warning: ${w}`);
+  return lines;
+}
+
+function formatResult(result) {
+  const { text, similarity = [], token_count: tokens = [] } = result;
+  const blocks = [];
+  if (text.length === 1) {
+    blocks.push(text[0]);
+  } else {
+    text.forEach((prompt, i) => {
+      const meta = [`#${i + 1}`];
+      if (!result.note && i < similarity.length)
+        meta.push(`similarity ${formatSimilarity(similarity[i])}`);
+      if (!result.note && i < tokens.length) meta.push(`${tokens[i]} tokens`);
+      blocks.push(`${meta.join(" · ")}\n${prompt}`);
+    });
+  }
+  const meta = metaLines(result);
+  if (meta.length) blocks.push(meta.join("\n"));
+  return blocks.join("\n\n");
+}
+
+function showResult(node, result) {
+  const state = ensureUi(node);
+  state.copyText = result.text.join("\n");
+  show(node, formatResult(result), { warning: !!result.warning?.length });
+}
+
+function onExecuted(node, message) {
+  const result = resultOf(message);
+  if (!result) return;
+  const state = ensureUi(node);
+  clearTimeout(state.timer);
+  state.timer = null;
+  state.pending = null;
+  state.done = true;
+  state.doneAt = performance.now();
+  running.delete(node);
+  if (state.note && !state.live) {
+    result.note = state.note;
+  } else {
+    // a cached node sends its old result again, without its note: keep the saved one
+    const saved = savedResult(node);
+    if (saved?.note && sameResult(saved, result)) result.note = saved.note;
+  }
+  state.note = null;
+  node.properties ??= {};
+  node.properties[RESULT_PROPERTY] = result;
+  showResult(node, result);
+  tameBuiltinProgress(node);
+}
+
+function sameResult(a, b) {
+  const key = (r) => JSON.stringify([r.text, r.similarity, r.token_count, r.warning]);
+  return key(a) === key(b);
+}
+
+/** The result saved in node.properties (by onExecuted), checked; null if absent or broken. */
+function savedResult(node) {
+  const saved = node.properties?.[RESULT_PROPERTY];
+  if (!saved || typeof saved !== "object") return null;
+  const text = asList(saved.text).map((t) => String(t));
+  if (!text.length) return null;
+  const result = { text };
+  for (const key of ["similarity", "token_count"]) {
+    if (saved[key] !== undefined) result[key] = asList(saved[key]);
+  }
+  if (saved.warning !== undefined) result.warning = asList(saved.warning).map((w) => String(w));
+  if (typeof saved.note === "string" && saved.note) result.note = saved.note;
+  return result;
+}
+
+function restore(node) {
+  const result = savedResult(node);
+  if (result) {
+    showResult(node, result);
+  } else if (node[STATE]) {
+    node[STATE].copyText = "";
+    show(node, "");
+  }
+}
+
+// -- live progress -------------------------------------------------------------------------
+
+function formatProgress(p) {
+  const head = [];
+  if (p.step !== undefined && p.step !== null) {
+    head.push(p.total ? `step ${p.step}/${p.total}` : `step ${p.step}`);
+  }
+  if (p.similarity !== undefined && p.similarity !== null) {
+    head.push(`best similarity ${formatSimilarity(p.similarity)}`);
+  }
+  const prompt = p.prompt ? String(p.prompt) : "";
+  return `running${head.length ? ": " + head.join(" · ") : ""}\n${prompt}`;
+}
+
+function flushProgress(node) {
+  const state = node[STATE];
+  if (!state) return;
+  state.timer = null;
+  const progress = state.pending;
+  state.pending = null;
+  if (!progress || state.done) return;
+  state.lastRender = performance.now();
+  if (progress.prompt) state.copyText = String(progress.prompt);
+  state.progressText = formatProgress(progress);
+  running.add(node);
+  show(node, state.progressText, { running: true });
+}
+
+/** The run was cancelled or failed: say so on nodes still showing live progress; the best prompt
+ * so far stays on the node and can still be copied. */
+function onRunEnded(event) {
+  const how = event?.type === "execution_interrupted" ? "cancelled" : "failed";
+  for (const node of running) {
+    const state = node[STATE];
+    running.delete(node);
+    if (!state || state.done) continue;
+    clearTimeout(state.timer);
+    state.timer = null;
+    state.pending = null;
+    state.done = true;
+    state.doneAt = performance.now();
+    const text = (state.progressText ?? "").replace(/^running/, `${how}, no result`);
+    show(node, text, { warning: true });
+  }
+}
+
+/** Show `progress` on `node`, at most once per THROTTLE_MS (the latest one wins). */
+function scheduleProgress(node, progress) {
+  const state = ensureUi(node);
+  const now = performance.now();
+  // A progress event soon after a result belongs to that finished run (it was late); one
+  // later than that is a new run (onExecutionStart normally clears `done` already).
+  if (state.done) {
+    if (now - state.doneAt < 2000) return;
+    state.done = false;
+  }
+  state.pending = progress;
+  const wait = state.lastRender + THROTTLE_MS - now;
+  if (wait <= 0) flushProgress(node);
+  else state.timer ??= setTimeout(() => flushProgress(node), wait);
+}
+
+function onPezProgress(event) {
+  const detail = event?.detail ?? {};
+  const node = findNode(detail.display_node ?? detail.node);
+  if (!isPezNode(node)) return;
+  ensureUi(node).live = true;
+  scheduleProgress(node, {
+    step: detail.step,
+    total: detail.total,
+    similarity: detail.similarity,
+    prompt: detail.prompt,
+  });
+  tameBuiltinProgress(node);
+}
+
+function onBuiltinProgressText(event) {
+  const { nodeId, text } = event?.detail ?? {};
+  const node = findNode(nodeId);
+  if (!isPezNode(node)) return;
+  const state = node[STATE];
+  if (state && !state.live && text) state.note = String(text);
+  // The frontend adds its widget in its own listener of this event, which may run after this
+  // one: deal with it once all listeners ran, before the next frame is drawn.
+  queueMicrotask(() => tameBuiltinProgress(node));
+}
+
+// -- copy ----------------------------------------------------------------------------------
+
+function legacyCopy(text) {
+  const area = document.createElement("textarea");
+  area.value = text;
+  area.setAttribute("readonly", "");
+  area.style.position = "fixed";
+  area.style.top = "-1000px";
+  area.style.opacity = "0";
+  document.body.appendChild(area);
+  area.select();
+  let ok = false;
+  try {
+    ok = document.execCommand("copy");
+  } catch {
+    ok = false;
+  }
+  area.remove();
+  return ok;
+}
+
+async function copyPrompt(node) {
+  const text = node[STATE]?.copyText ?? "";
+  if (!text) {
+    toast("warn", "Nothing to copy yet", "Run the node first.");
+    return false;
+  }
+  let ok = false;
+  if (window.isSecureContext && navigator.clipboard?.writeText) {
+    try {
+      await navigator.clipboard.writeText(text);
+      ok = true;
+    } catch {
+      ok = false; // e.g. permission denied: try the old way
+    }
+  }
+  if (!ok) ok = legacyCopy(text);
+  if (ok) toast("success", "Prompt copied", text.length > 120 ? `${text.slice(0, 117)}...` : text);
+  else toast("error", "Could not copy", "Select the text in the node and copy it by hand.");
+  return ok;
+}
+
+// -- registration --------------------------------------------------------------------------
+
+/** Run `fn` after the original `proto[name]` (if any); an error in `fn` is logged, not thrown. */
+function chain(proto, name, fn) {
+  const original = proto[name];
+  proto[name] = function (...args) {
+    const result = original?.apply(this, args);
+    try {
+      fn.apply(this, args);
+    } catch (err) {
+      console.error(TAG, `${name} failed`, err);
+    }
+    return result;
+  };
+}
+
+/** An event listener whose errors are logged (tagged), not thrown into the frontend's dispatch. */
+function guarded(name, fn) {
+  return (event) => {
+    try {
+      fn(event);
+    } catch (err) {
+      console.error(TAG, `${name} failed`, err);
+    }
+  };
+}
+
+const extension = {
+  name: EXTENSION,
+
+  setup() {
+    injectStyle();
+    api.addEventListener("pez.progress", guarded("pez.progress", onPezProgress));
+    api.addEventListener("progress_text", guarded("progress_text", onBuiltinProgressText));
+    api.addEventListener("execution_interrupted", guarded("execution_interrupted", onRunEnded));
+    api.addEventListener("execution_error", guarded("execution_error", onRunEnded));
+  },
+
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!isPezNodeDef(nodeData)) return;
+    const proto = nodeType.prototype;
+    proto[PEZ_NODE] = true;
+    const eager = TEXT_NODES.has(nodeData.name);
+
+    chain(proto, "onNodeCreated", function () {
+      if (eager) ensureUi(this);
+    });
+    chain(proto, "onExecuted", function (message) {
+      onExecuted(this, message);
+    });
+    chain(proto, "onConfigure", function () {
+      restore(this);
+    });
+    chain(proto, "onExecutionStart", function () {
+      const state = this[STATE];
+      if (state) {
+        state.done = false;
+        state.live = false;
+        state.note = null;
+      }
+    });
+    chain(proto, "onRemoved", function () {
+      running.delete(this);
+      const state = this[STATE];
+      if (state) {
+        clearTimeout(state.timer);
+        state.timer = null;
+      }
+    });
+    // Keep the saved result out of the (editable) LiteGraph properties panel.
+    const onAddPropertyToPanel = proto.onAddPropertyToPanel;
+    proto.onAddPropertyToPanel = function (name, panel) {
+      if (name === RESULT_PROPERTY) return true;
+      return onAddPropertyToPanel?.apply(this, [name, panel]) ?? false;
+    };
+  },
+};
+
+// ComfyUI lists a pack's web files once per registration: with both WEB_DIRECTORY in
+// __init__.py and `[tool.comfy] web` in pyproject.toml this module is imported twice (under two
+// URLs). Register only once.
+const LOADED = Symbol.for("pez.hardprompts.loaded");
+if (!globalThis[LOADED]) {
+  globalThis[LOADED] = true;
+  app.registerExtension(extension);
+}
