@@ -7,7 +7,6 @@ from pathlib import Path
 
 import comfy.model_management as mm
 import folder_paths
-import torch
 from comfy_api.latest import io
 
 from .. import pez_core

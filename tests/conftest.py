@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # any import mode: `import comfy_harness`
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # any import mode: `import conftest`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # `import comfy_harness`
 from comfy_harness import COMFY_DIR, ComfyServer  # noqa: E402
 
 _LOG_TAIL = 8000
 TINY_MODEL = "pez-tiny.safetensors"
+DEMO_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "pez-demo-shape.png"
 # name -> (size, mode, background, shape colour, shape): RGB and RGBA PNGs of different sizes
 TEST_IMAGES = {
     "pez_red_circle.png": ((64, 64), "RGB", "white", "red", "ellipse"),
@@ -51,6 +53,7 @@ def prepare_base_dir(server: ComfyServer) -> None:
     example = COMFY_DIR / "input" / "example.png"  # what the example workflows load
     if example.is_file():
         shutil.copyfile(example, server.input_dir / "example.png")
+    server.add_file(f"input/{DEMO_IMAGE.name}", DEMO_IMAGE)  # the CPU example's (and the demo's) image
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,13 @@ from urllib.parse import quote
 
 import pytest
 
-from comfy_harness import ComfyServer
+from comfy_harness import FRONTEND_ONLY, ComfyServer, input_type, inputs_in_order, is_widget, widget_values_per_input
+from comfy_harness import workflow_to_api as to_api
 from conftest import TINY_MODEL
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 FILES = sorted(EXAMPLES.glob("*.json"))
 PACK = "pez_hard_prompts"
-FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute"}  # nodes the graph editor never sends to the server
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NEEDS_CHECKPOINT = {"CheckpointLoaderSimple"}
 TEST_STEPS = 8
 
@@ -34,51 +33,6 @@ def object_info(comfy_server: ComfyServer) -> dict[str, Any]:
 
 def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def inputs_in_order(info: dict[str, Any]) -> list[tuple[str, list[Any]]]:
-    """(name, spec) of a node class's inputs in the order the graph editor creates widgets."""
-    order = info.get("input_order") or {s: list(info["input"].get(s, {})) for s in ("required", "optional")}
-    return [(name, info["input"][section][name]) for section in ("required", "optional")
-            for name in order.get(section, [])]
-
-
-def is_widget(spec: list[Any]) -> bool:
-    options = spec[1] if len(spec) > 1 else {}
-    return (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES) and not options.get("forceInput")
-
-
-def widget_values_per_input(spec: list[Any]) -> int:
-    """Saved widget values one widget input takes: its value, plus the seed's "control after generate"
-    value, plus the image upload button's value."""
-    options = spec[1] if len(spec) > 1 else {}
-    return 1 + bool(options.get("control_after_generate")) + bool(options.get("image_upload"))
-
-
-def input_type(spec: list[Any]) -> str:
-    return "COMBO" if isinstance(spec[0], list) else spec[0]
-
-
-def to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """UI format → API format, as the graph editor's "queue prompt" does it."""
-    links = {link[0]: link for link in workflow["links"]}
-    graph: dict[str, dict[str, Any]] = {}
-    for node in workflow["nodes"]:
-        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) != 0:
-            continue
-        values = iter(node.get("widgets_values") or [])
-        inputs: dict[str, Any] = {}
-        for name, spec in inputs_in_order(object_info[node["type"]]):
-            if is_widget(spec):
-                inputs[name] = next(values)
-                for _ in range(widget_values_per_input(spec) - 1):
-                    next(values)
-        for entry in node.get("inputs", []):
-            if entry.get("link") is not None:
-                link = links[entry["link"]]
-                inputs[entry["name"]] = [str(link[1]), link[2]]
-        graph[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return graph
 
 
 def runnable_part(graph: dict[str, dict[str, Any]], models_dir: Path) -> dict[str, dict[str, Any]]:
