@@ -175,8 +175,8 @@ def zero_shot(model: open_clip.CLIP, seed: int = 12345, n: int = 500) -> dict[st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=Path("pez_core/bundled"))
     p.add_argument("--name", default="shapes-demo")
@@ -195,7 +195,7 @@ def main() -> None:
     p.add_argument("--p-junk", type=float, default=0.25, help="fraction of captions with random tokens inserted")
     p.add_argument("--max-junk", type=int, default=3)
     p.add_argument("--tie-unused", type=int, default=1, help="1: all non-world tokens share one trained null row")
-    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the data worker uses another core)")
     a = p.parse_args()
 
