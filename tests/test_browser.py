@@ -52,9 +52,9 @@ CHROMIUM_FLAGS = [
 ]
 # --user-data-dir: Playwright refuses it in args; launch_persistent_context(<fresh dir>) passes it.
 
-TINY_MODEL = "pez-tiny.safetensors"  # tests/conftest.py puts it into models/pez
-TEST_IMAGE = "pez_red_circle.png"  # ... and this into input/
-STEPS = int(os.environ.get("PEZ_BROWSER_STEPS", "40"))  # a few seconds on 2 busy CPU cores
+MODEL = "shapes-demo"  # the bundled demo CLIP: its prompts name what the image shows
+TEST_IMAGE = "pez-demo-shape.png"  # tests/conftest.py puts it into input/
+STEPS = int(os.environ.get("PEZ_BROWSER_STEPS", "100"))  # several seconds on 2 busy CPU cores
 PROMPT_LENGTH = 8
 RUN_TIMEOUT_S = 150.0
 
@@ -356,7 +356,7 @@ def finished_run(browser: Browser) -> Run:
     found = example_workflow()
     name, graph = found if found else ("(built in the test: no example workflow with PEZ_InvertImage)", EMPTY_WORKFLOW)
     load_graph(b, graph)
-    invert_id = b.js(SET_UP_RUN, [STEPS, PROMPT_LENGTH, TINY_MODEL, TEST_IMAGE])
+    invert_id = b.js(SET_UP_RUN, [STEPS, PROMPT_LENGTH, MODEL, TEST_IMAGE])
     b.js("(id) => window.app.canvas.centerOnNode(window.app.graph.getNodeById(id))", invert_id)
     b.js(WATCH_NODE, invert_id)
     b.shot("run-0-before")
