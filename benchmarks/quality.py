@@ -18,8 +18,9 @@ in one ``invert`` call), next to baselines run in the same process on the same i
 Word matching (documented in benchmarks/README.md): a prompt is lower-cased and split into whole
 words (runs of letters). The right colour / shape must appear as an *exact* whole word; plurals and
 sub-word pieces do not count (the demo model never saw "circles" or "redcircle": to it those are
-other, untrained tokens). "No other shape" is checked leniently for PEZ, strictly for us: a
-different shape word *or its plural* anywhere fails the prompt.
+other, untrained tokens). "No other shape" is checked strictly: a different shape word *or its
+plural* anywhere fails the prompt. Junk tokens: the prompt's tokens (as it re-tokenizes) that are
+not tokens of the world's words.
 """
 from __future__ import annotations
 
@@ -268,7 +269,8 @@ def zero_shot_correct(model, images, scenes) -> list[bool]:
     prompts "a {colour} object" / "a photo of a {shape}")? PEZ cannot be expected to beat this."""
     feats = model.encode_images(images)
     right = [True] * len(scenes)
-    for classes, template, attr in ((shapes.COLORS, "a {} object", "color"), (shapes.SHAPES, "a photo of a {}", "shape")):
+    for classes, template, attr in ((shapes.COLORS, "a {} object", "color"),
+                                    (shapes.SHAPES, "a photo of a {}", "shape")):
         text = model.encode_texts([template.format(c) for c in classes])
         for i, p in enumerate((feats @ text.T).argmax(1).tolist()):
             right[i] &= classes[p] == getattr(scenes[i].objects[0], attr)
@@ -329,7 +331,8 @@ def main() -> None:
         o = row.outcome
         idx = o.indices if o.indices is not None else range(len(scenes))
         hits = [match_single(p, scenes[i]).recall for i, p in zip(idx, o.prompts) if i < n]
-        print(f"[{time.perf_counter() - began:5.0f} s] {row.method:<22} L={row.L:<2} {row.vocab:<7} R={row.restarts:<2} "
+        print(f"[{time.perf_counter() - began:5.0f} s] {row.method:<22} L={row.L:<2} {row.vocab:<7} "
+              f"R={row.restarts:<2} "
               f"sim {mean(o.similarities[:n]):.3f} recall {mean(hits):.2f} {o.seconds:6.1f} s  e.g. {o.prompts[0]!r}",
               flush=True)
 
@@ -359,13 +362,14 @@ def main() -> None:
             log(reference_rows[-1])
     if args.long:
         for vocab in vocabs:
-            log(Row("PEZ", str(args.long), vocab, "1", run_pez(model, images, args.long, vocab, 1, args.steps, args.seed)))
+            out = run_pez(model, images, args.long, vocab, 1, args.steps, args.seed)
+            log(Row("PEZ", str(args.long), vocab, "1", out))
 
     notes = []
     for ref in reference_rows:  # the engine on the reference loop's images, for a like-for-like reading
         k = len(ref.outcome.indices)
-        engine = next((r for r in rows if r.method == "PEZ" and r.L == ref.L and r.vocab == "full" and r.restarts == "1"),
-                      None)
+        engine = next((r for r in rows if r.method == "PEZ" and r.L == ref.L and r.vocab == "full"
+                       and r.restarts == "1"), None)
         if engine is None:
             continue
         e_hits = [match_single(p, single_scenes[i]).recall for i, p in enumerate(engine.outcome.prompts[:k])]

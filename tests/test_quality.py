@@ -17,7 +17,7 @@ from benchmarks.quality import WORLD_WORDS, match_single
 from pez_core.models import bundled_models
 
 HELD_OUT_SEED = 424_242  # training draws from seeds [0, step], its evaluation from 12345
-IMAGES = 6
+IMAGES = 10
 MISSING = ("pez_core/bundled/shapes-demo.safetensors is missing; train it with "
            "`python -m training.train_shapes_clip --out-dir pez_core/bundled`")
 
@@ -42,12 +42,15 @@ def model():
 
 
 def test_names_colour_and_shape_of_held_out_images(model):
+    """The benchmark's most reliable setting: the world's word bank, 8 tokens, 8 restarts, 200 steps (30/30 in
+    the table). Measured on 10-image draws: 10/10 (this seed), 10/10, 8/10; the bar is 8/10."""
     images, scenes = shapes.sample(HELD_OUT_SEED, IMAGES, n_objects=1)
+    config = PezConfig(prompt_len=8, steps=200, restarts=8, allowlist=list(WORLD_WORDS))
     started = time.perf_counter()
-    results = pez_core.invert(model, images, PezConfig(prompt_len=4, steps=150, restarts=4, allowlist=list(WORLD_WORDS)))
+    results = pez_core.invert(model, images, config)
     seconds = time.perf_counter() - started
     report = [(f"{s.objects[0].color} {s.objects[0].shape}", r.prompt, round(r.similarity, 3))
               for s, r in zip(scenes, results)]
     hits = sum(match_single(r.prompt, s).recall for s, r in zip(scenes, results))
-    assert hits >= 5, f"{hits}/{IMAGES} prompts name colour and shape ({seconds:.0f} s): {report}"
-    assert all(r.similarity > 0.5 for r in results), report
+    assert hits >= 8, f"{hits}/{IMAGES} prompts name colour and shape ({seconds:.0f} s): {report}"
+    assert all(r.similarity > 0.6 for r in results), report  # measured minimum 0.73
