@@ -23,6 +23,15 @@ from comfy_harness import COMFY_DIR, ComfyServer  # noqa: E402
 
 _LOG_TAIL = 8000
 TINY_MODEL = "pez-tiny.safetensors"
+# node id -> display name: a public contract, never renamed
+PEZ_DISPLAY_NAMES = {
+    "PEZ_LoadModel": "PEZ Load Model",
+    "PEZ_InvertImage": "PEZ Invert Image",
+    "PEZ_DistillPrompt": "PEZ Distill Prompt",
+    "PEZ_StylePrompt": "Style Prompt from Images",
+    "PEZ_ConcatPrompts": "Concat Prompts",
+    "PEZ_PromptSimilarity": "PEZ Prompt Similarity",
+}
 DEMO_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "pez-demo-shape.png"
 # name -> (size, mode, background, shape colour, shape): RGB and RGBA PNGs of different sizes
 TEST_IMAGES = {

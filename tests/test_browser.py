@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from conftest import PEZ_DISPLAY_NAMES as PEZ_NODES
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,14 +60,6 @@ STEPS = int(os.environ.get("PEZ_BROWSER_STEPS", "100"))  # several seconds on 2 
 PROMPT_LENGTH = 8
 RUN_TIMEOUT_S = 150.0
 
-PEZ_NODES = {
-    "PEZ_LoadModel": "PEZ Load Model",
-    "PEZ_InvertImage": "PEZ Invert Image",
-    "PEZ_DistillPrompt": "PEZ Distill Prompt",
-    "PEZ_StylePrompt": "Style Prompt from Images",
-    "PEZ_ConcatPrompts": "Concat Prompts",
-    "PEZ_PromptSimilarity": "PEZ Prompt Similarity",
-}
 EXTENSION = "pez.hardprompts"
 DISPLAY_WIDGET = "pez_result"
 COPY_WIDGET = "copy prompt"

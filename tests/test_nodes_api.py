@@ -19,18 +19,10 @@ import pytest
 import websocket
 
 from comfy_harness import HOST, ComfyServer, PromptRejected, RunResult
-from conftest import TINY_MODEL
+from conftest import PEZ_DISPLAY_NAMES as DISPLAY_NAMES, TINY_MODEL
 
 PACK_MODULE = "custom_nodes.pez_hard_prompts"
 NODE_LIST = Path(__file__).resolve().parents[1] / "node_list.json"
-DISPLAY_NAMES = {
-    "PEZ_LoadModel": "PEZ Load Model",
-    "PEZ_InvertImage": "PEZ Invert Image",
-    "PEZ_DistillPrompt": "PEZ Distill Prompt",
-    "PEZ_StylePrompt": "Style Prompt from Images",
-    "PEZ_ConcatPrompts": "Concat Prompts",
-    "PEZ_PromptSimilarity": "PEZ Prompt Similarity",
-}
 TEXT_NODES = set(DISPLAY_NAMES) - {"PEZ_LoadModel"}
 LIVE_KEYS = {"node", "display_node", "step", "total", "similarity", "prompt"}  # the web extension's contract
 LIVE_EXTRA = {"prompt_id", "prompts", "similarities"}
