@@ -48,8 +48,8 @@ def demo() -> int:
                       f"{seconds:.0f} s through the ComfyUI API queue)")
             elif node["class_type"] == "PEZ_ConcatPrompts":
                 print(f"concat:     {ui['text'][0]}  ({ui['pez_token_count'][0]} CLIP tokens)")
-    print("Open the graph editor with `make serve` (http://127.0.0.1:8188), then the template browser → "
-          "PEZ Hard Prompts. For real images choose a real preset in PEZ Load Model "
+    print("Open the graph editor with `make serve` (http://127.0.0.1:8188), and find the examples in the "
+          "template browser under this pack's name. For real images choose a real preset in PEZ Load Model "
           "(ViT-L-14 · openai for SD 1.x, SDXL, Flux; ViT-H-14 for SD 2.x); it downloads on first use.")
     return 0
 
