@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -128,12 +128,9 @@ class PezResult:
     steps: int
     seconds: float
     stopped_early: bool = False
-    candidates: list[tuple[str, float]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("candidates")
-        return out
+        return asdict(self)
 
 
 Callback = Callable[[Progress], "bool | None"]
@@ -263,7 +260,5 @@ class _Run:
             token_ids = model.tokenize(text)
             if token_ids != candidates[p, r].tolist():
                 log.debug("prompt %d re-tokenizes differently; its similarity is that of the string", p)
-            ranked = sorted(((texts[p * R + i], float(similarity[p, i])) for i in range(R) if readable[p * R + i]),
-                            key=lambda c: -c[1])
-            results.append(PezResult(text, float(similarity[p, r]), token_ids, steps, seconds, stopped, ranked))
+            results.append(PezResult(text, float(similarity[p, r]), token_ids, steps, seconds, stopped))
         return results

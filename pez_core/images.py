@@ -15,8 +15,6 @@ import torch.nn.functional as F
 
 from .errors import PezError
 
-ImageLike = "PIL.Image.Image | np.ndarray | torch.Tensor"
-
 
 def to_rgb_tensor(image) -> torch.Tensor:
     """One image → float tensor (3, H, W) in 0..1."""
