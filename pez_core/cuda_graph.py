@@ -28,8 +28,6 @@ def _why_not(run, steps: int) -> str | None:
         return f"device is {run.model.device.type}"
     if _disabled_reason:
         return _disabled_reason
-    if run.schedule is not None:
-        return "the cosine lr schedule steps on the host"
     if steps <= WARMUP_STEPS + 1:
         return "too few steps to pay for a capture"
     return None
@@ -49,7 +47,8 @@ def graphed_step(run, steps: int) -> tuple[Callable[[], None], int]:
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        # thread_local: a server's other threads may use CUDA while this one captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             run.step()
     except RuntimeError as e:  # capture can fail on exotic models or drivers: stay correct, go eager
         log.warning("CUDA graph capture failed, running eagerly: %s", e)

@@ -170,10 +170,11 @@ class _Run:
         start = self.allowed.cpu()[torch.randint(len(self.allowed), (batch, config.prompt_len), generator=generator)]
         self.prompt = self.table[start.to(device)].float().clone().requires_grad_(True)  # the soft prompt P
         self.prompt.grad = torch.zeros_like(self.prompt)
-        self.optimizer = torch.optim.AdamW([self.prompt], lr=config.lr, weight_decay=config.weight_decay,
+        # the learning rate is a tensor updated in place, so a schedule runs inside a CUDA graph too
+        self.lr = torch.tensor(config.lr, device=device)
+        self.steps_done = torch.zeros((), device=device)
+        self.optimizer = torch.optim.AdamW([self.prompt], lr=self.lr, weight_decay=config.weight_decay,
                                            capturable=device.type == "cuda")
-        self.schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.steps)
-                         if config.lr_schedule == "cosine" else None)
         self.best_objective = torch.full((batch,), -math.inf, device=device)
         self.best_similarity = torch.zeros(batch, device=device)
         self.best_ids = start.to(device)
@@ -195,8 +196,9 @@ class _Run:
         prompt.grad.zero_()
         loss.backward()
         self.optimizer.step()
-        if self.schedule is not None:
-            self.schedule.step()
+        if self.config.lr_schedule == "cosine":  # CosineAnnealingLR(T_max=steps) in closed form
+            self.steps_done += 1
+            self.lr.copy_(self.config.lr * 0.5 * (1 + torch.cos(self.steps_done * (math.pi / self.config.steps))))
         with torch.no_grad():
             objective, similarity = objective.detach().flatten(), similarity.detach().flatten()
             better = objective > self.best_objective

@@ -54,6 +54,25 @@ def test_projection_picks_nearest_allowed_token(model):
     assert int(run.project(table[word][None, None])[0, 0]) == word
 
 
+def test_cosine_schedule_is_torchs_cosine_annealing(model):
+    """The in-place (CUDA-graph-safe) cosine schedule moves the prompt exactly as CosineAnnealingLR does."""
+    from pez_core.engine import _Run
+    objective = Objective.stack([[(torch.randn(32, generator=torch.Generator().manual_seed(5)), 1.0)]])
+    ours = _Run(model, objective, PezConfig(steps=12, lr_schedule="cosine"))
+    torchs = _Run(model, objective, PezConfig(steps=12))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(torchs.optimizer, T_max=12)
+    lrs = []
+    with torch.enable_grad():
+        for _ in range(12):
+            ours.step()
+            torchs.step()
+            scheduler.step()
+            lrs.append(float(ours.lr))
+            assert float(ours.lr) == pytest.approx(float(torchs.optimizer.param_groups[0]["lr"]), abs=1e-6)
+    assert lrs[0] < 0.1 and lrs[-1] == pytest.approx(0, abs=1e-7) and lrs == sorted(lrs, reverse=True)
+    assert torch.allclose(ours.prompt, torchs.prompt, atol=1e-5)
+
+
 def test_vocab_modes(model):
     tok = model.tokenizer
     specials = {tok.sot_token_id, tok.eot_token_id, 0}

@@ -17,18 +17,23 @@ def model(request):
         return pez_core.load_model("ViT-B-32", "none", device="cuda", precision=request.param)
 
 
-def run(model, graphs: bool, restarts: int = 4):
+def run(model, graphs: bool, restarts: int = 4, lr_schedule: str = "constant"):
     objective, _ = planted_problem(model, length=16, seed=3)
     cuda_graph.set_enabled(graphs)
     try:
-        result = pez_core.optimize(model, objective, PezConfig(steps=200, restarts=restarts, seed=0))[0]
+        config = PezConfig(steps=200, restarts=restarts, seed=0, lr_schedule=lr_schedule)
+        result = pez_core.optimize(model, objective, config)[0]
     finally:
         cuda_graph.set_enabled(True)
     return result
 
 
-def test_graph_equals_eager(model):
-    eager, graphed = run(model, graphs=False), run(model, graphs=True)
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_graph_equals_eager(model, lr_schedule, caplog):
+    eager = run(model, False, lr_schedule=lr_schedule)
+    with caplog.at_level("INFO", logger="pez_core.cuda_graph"):
+        graphed = run(model, True, lr_schedule=lr_schedule)
+    assert "captured as one CUDA graph" in caplog.text  # not a silent fall-back to eager
     if model.dtype == torch.float32:
         assert graphed.token_ids == eager.token_ids and graphed.prompt == eager.prompt
     else:  # bf16 kernels may differ by launch configuration; the search must land as well
