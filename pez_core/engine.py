@@ -23,6 +23,7 @@ from .vocab import allowed_token_ids
 log = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("constant", "cosine")
+PROJECTION_SCORES_MAX = 1 << 26  # fp32 scores held at once by the projection (256 MiB)
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,11 @@ class _Run:
 
     def project(self, prompt: torch.Tensor) -> torch.Tensor:
         """Nearest allowed token (by cosine) for every row of the continuous prompt → ids (B, L)."""
-        nearest = (F.normalize(prompt, dim=-1) @ self.vocab.T).argmax(dim=-1)
-        return self.allowed[nearest]
+        queries = F.normalize(prompt, dim=-1).flatten(0, -2)
+        # row chunks bound the (rows × vocabulary) score matrix: many images × restarts × tokens stay in memory
+        rows = max(1, PROJECTION_SCORES_MAX // len(self.allowed))
+        nearest = torch.cat([(chunk @ self.vocab.T).argmax(dim=-1) for chunk in queries.split(rows)])
+        return self.allowed[nearest].view(prompt.shape[:-1])
 
     def step(self) -> None:
         """One PEZ step, in place: project, score the hard prompt, move the soft prompt, track the best."""

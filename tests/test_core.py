@@ -54,6 +54,15 @@ def test_projection_picks_nearest_allowed_token(model):
     assert int(run.project(table[word][None, None])[0, 0]) == word
 
 
+def test_projection_in_row_chunks_is_exact(model, monkeypatch):
+    from pez_core import engine
+    run = engine._Run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(vocab="full"))
+    queries = torch.randn(3, 7, model.token_embeddings.shape[1], generator=torch.Generator().manual_seed(2))
+    whole = run.project(queries)
+    monkeypatch.setattr(engine, "PROJECTION_SCORES_MAX", 2 * len(run.allowed))  # 2 rows per chunk
+    assert torch.equal(run.project(queries), whole) and whole.shape == (3, 7)
+
+
 def test_cosine_schedule_is_torchs_cosine_annealing(model):
     """The in-place (CUDA-graph-safe) cosine schedule moves the prompt exactly as CosineAnnealingLR does."""
     from pez_core.engine import _Run
