@@ -88,9 +88,8 @@ def marginal_step(model, objective, case: Case) -> tuple[float, float, pez_core.
 
 def useful_flops_per_step(model, restarts: int, prompt_len: int, vocab_rows: int) -> float:
     """Forward + input-gradient backward of the text tower on L+2 positions, plus the projection."""
-    clip = model.clip
-    width, layers = clip.token_embedding.weight.shape[1], len(clip.transformer.resblocks)
-    proj = clip.text_projection
+    width, layers = model.text_width, model.text_layers
+    proj = model.clip.text_projection
     embed_dim = proj.out_features if isinstance(proj, torch.nn.Linear) else proj.shape[-1]
     n = prompt_len + 2
     per_layer = 2 * n * 12 * width ** 2 + 2 * 2 * n * n * width   # q,k,v,out + MLP; scores and values

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("constant", "cosine")
 PROJECTION_SCORES_MAX = 1 << 26  # fp32 scores held at once by the projection (256 MiB)
+# what backward keeps per prompt position, text width and layer, in elements of the model's dtype:
+# measured 10.1 for open_clip's text blocks (tests/test_core.py checks the bound), plus headroom
+ACTIVATION_ELEMENTS = 16
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class PezConfig:
     lr_schedule: str = "constant"
     patience: int | None = None     # stop once the best has not improved for this many steps
     sync_every: int = 20            # steps between host syncs (progress, cancel, plateau check)
+    max_batch: int | None = None    # prompts through the text tower at once; None: what half the free memory holds
 
     def validate(self) -> None:
         if not isinstance(self.prompt_len, int) or not 1 <= self.prompt_len <= MAX_PROMPT_TOKENS:
@@ -59,6 +64,8 @@ class PezConfig:
             raise PezError(f"patience must be a positive number of steps, got {self.patience!r}")
         if self.sync_every < 1:
             raise PezError(f"sync_every must be positive, got {self.sync_every!r}")
+        if self.max_batch is not None and (not isinstance(self.max_batch, int) or self.max_batch < 1):
+            raise PezError(f"max_batch must be a positive integer (or None for automatic), got {self.max_batch!r}")
 
 
 @dataclass
@@ -151,6 +158,26 @@ def optimize(model: PezModel, objective: Objective, config: PezConfig | None = N
         return _Run(model, objective, config).run(callback)
 
 
+def prompts_that_fit(model: PezModel, prompt_len: int) -> int:
+    """How many prompts the text tower's backward can take at once in half the free memory."""
+    per_prompt = ACTIVATION_ELEMENTS * (prompt_len + 2) * model.text_width * model.text_layers * model.dtype.itemsize
+    return max(1, free_memory(model.device) // 2 // per_prompt)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now (RAM for the CPU; 4 GiB where it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        import psutil
+        return psutil.virtual_memory().available
+    except ImportError:
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 4 << 30
+
+
 class _Run:
     """One optimisation: the state lives in fixed tensors updated in place, so a step can be replayed
     as a CUDA graph (``pez_core.cuda_graph``) as well as run eagerly."""
@@ -179,6 +206,24 @@ class _Run:
         self.best_objective = torch.full((batch,), -math.inf, device=device)
         self.best_similarity = torch.zeros(batch, device=device)
         self.best_ids = start.to(device)
+        self.batches = self._batches(config.max_batch or prompts_that_fit(model, config.prompt_len))
+
+    def _batches(self, max_prompts: int) -> list[tuple[slice, Objective]]:
+        """Whole problems at a time (all their restarts), at most ``max_prompts`` prompts where possible:
+        (rows of the batch, the objective of those problems). Usually one batch holds everything."""
+        per_batch = max(1, max_prompts // self.restarts)
+        if per_batch == 1 and self.restarts > max_prompts:
+            log.warning("%d restarts exceed the %d prompts that fit in memory at once; trying anyway",
+                        self.restarts, max_prompts)
+        if per_batch < self.problems:
+            log.info("%d prompts in batches of %d to fit in memory", self.problems * self.restarts,
+                     per_batch * self.restarts)
+        batches = []
+        for first in range(0, self.problems, per_batch):
+            last = min(first + per_batch, self.problems)
+            objective = Objective(self.objective.features[first:last], self.objective.weights[first:last])
+            batches.append((slice(first * self.restarts, last * self.restarts), objective))
+        return batches
 
     def project(self, prompt: torch.Tensor) -> torch.Tensor:
         """Nearest allowed token (by cosine) for every row of the continuous prompt → ids (B, L)."""
@@ -190,25 +235,27 @@ class _Run:
 
     def step(self) -> None:
         """One PEZ step, in place: project, score the hard prompt, move the soft prompt, track the best."""
-        prompt = self.prompt
-        ids = self.project(prompt.detach())
+        ids = self.project(self.prompt.detach())
         hard = self.table[ids].float()
-        # straight-through: the loss is taken at the projection, its gradient moves the soft prompt
-        features = self.model.encode_embeddings(prompt + (hard - prompt).detach())
-        objective, similarity = self.objective.scores(features.view(self.problems, self.restarts, -1))
-        loss = (1 - objective).sum()
-        prompt.grad.zero_()
-        loss.backward()
+        self.prompt.grad.zero_()
+        for rows, objective in self.batches:
+            prompt = self.prompt[rows]
+            # straight-through: the loss is taken at the projection, its gradient moves the soft prompt
+            features = self.model.encode_embeddings(prompt + (hard[rows] - prompt).detach())
+            scores, similarity = objective.scores(features.view(-1, self.restarts, features.shape[-1]))
+            (1 - scores).sum().backward()
+            self._track_best(rows, scores.detach().flatten(), similarity.detach().flatten(), ids[rows])
         self.optimizer.step()
         if self.config.lr_schedule == "cosine":  # CosineAnnealingLR(T_max=steps) in closed form
             self.steps_done += 1
             self.lr.copy_(self.config.lr * 0.5 * (1 + torch.cos(self.steps_done * (math.pi / self.config.steps))))
-        with torch.no_grad():
-            objective, similarity = objective.detach().flatten(), similarity.detach().flatten()
-            better = objective > self.best_objective
-            self.best_objective.copy_(torch.where(better, objective, self.best_objective))
-            self.best_similarity.copy_(torch.where(better, similarity, self.best_similarity))
-            self.best_ids.copy_(torch.where(better[:, None], ids, self.best_ids))
+
+    @torch.no_grad()
+    def _track_best(self, rows: slice, objective: torch.Tensor, similarity: torch.Tensor, ids: torch.Tensor) -> None:
+        better = objective > self.best_objective[rows]
+        self.best_objective[rows] = torch.where(better, objective, self.best_objective[rows])
+        self.best_similarity[rows] = torch.where(better, similarity, self.best_similarity[rows])
+        self.best_ids[rows] = torch.where(better[:, None], ids, self.best_ids[rows])
 
     def run(self, callback: Callback | None) -> list[PezResult]:
         from .cuda_graph import graphed_step

@@ -28,6 +28,7 @@ BUNDLED_DIR = Path(__file__).parent / "bundled"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 MAX_PROMPT_TOKENS = 75  # CLIP's 77 positions minus start and end of text
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TEXT_BATCH = 256  # texts encoded at once: scoring thousands of candidate prompts stays within memory
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,14 @@ class PezModel:
     def token_embeddings(self) -> torch.Tensor:
         return self.clip.token_embedding.weight
 
+    @property
+    def text_width(self) -> int:
+        return self.token_embeddings.shape[1]
+
+    @property
+    def text_layers(self) -> int:
+        return len(self.clip.transformer.resblocks)
+
     # --- text -----------------------------------------------------------------
     def encode_embeddings(self, prompt: torch.Tensor) -> torch.Tensor:
         """Normalised text features of ``[SOT] + prompt + [EOT]`` for prompt embeddings (B, L, d).
@@ -178,9 +187,10 @@ class PezModel:
         for j, chunk in enumerate(chunks):
             by_length.setdefault(len(chunk), []).append(j)  # one batch per length: no padding needed
         feats: list = [None] * len(chunks)
-        for idx in by_length.values():
-            for j, feat in zip(idx, self.encode_ids(torch.tensor([chunks[j] for j in idx]))):
-                feats[j] = feat
+        for same_length in by_length.values():
+            for idx in _batched(same_length, TEXT_BATCH):
+                for j, feat in zip(idx, self.encode_ids(torch.tensor([chunks[j] for j in idx]))):
+                    feats[j] = feat
         owner_t = torch.tensor(owner, device=self.device)
         summed = torch.zeros(len(texts), feats[0].shape[0], device=self.device).index_add_(0, owner_t, torch.stack(feats))
         return F.normalize(summed, dim=-1)
@@ -195,6 +205,10 @@ class PezModel:
         finally:
             visual.to(self._vision_device)
         return F.normalize(torch.cat(feats).float(), dim=-1)
+
+
+def _batched(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 # --- loading ---------------------------------------------------------------------------------------

@@ -82,6 +82,45 @@ def test_cosine_schedule_is_torchs_cosine_annealing(model):
     assert torch.allclose(ours.prompt, torchs.prompt, atol=1e-5)
 
 
+def test_small_batches_find_the_same_prompts(model, monkeypatch):
+    """Problems go through the text tower a few at a time when memory is short: same prompts, same starts."""
+    from pez_core import engine
+    g = torch.Generator().manual_seed(4)
+    objective = Objective.stack([[(torch.randn(32, generator=g), 1.0)] for _ in range(3)])
+    config = PezConfig(steps=40, restarts=2, prompt_len=6, seed=1)
+    whole = pez_core.optimize(model, objective, config)
+    assert len(engine._Run(model, objective, config).batches) == 1
+    per_prompt = engine.ACTIVATION_ELEMENTS * (6 + 2) * model.text_width * model.text_layers * 4
+    monkeypatch.setattr(engine, "free_memory", lambda device: 2 * 2 * per_prompt)  # half of it: 2 prompts
+    assert [rows for rows, _ in engine._Run(model, objective, config).batches] == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    split = pez_core.optimize(model, objective, config)
+    assert [r.token_ids for r in split] == [r.token_ids for r in whole]
+    assert [r.similarity for r in split] == pytest.approx([r.similarity for r in whole], abs=1e-5)
+
+
+def test_activation_budget_bounds_what_backward_keeps(model):
+    """prompts_that_fit assumes backward keeps ACTIVATION_ELEMENTS per position, width and layer at most."""
+    from pez_core import engine
+    weights = {t.untyped_storage().data_ptr() for t in [*model.clip.parameters(), *model.clip.buffers()]}
+    for length in (4, 16, 75):
+        run = engine._Run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(restarts=4, prompt_len=length))
+        kept: dict[int, int] = {}
+
+        def keep(t):
+            if t.untyped_storage().data_ptr() not in weights:
+                kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            run.step()
+        per_element = sum(kept.values()) / 4 / (length + 2) / model.text_width / model.text_layers / model.dtype.itemsize
+        assert engine.ACTIVATION_ELEMENTS / 2 < per_element <= engine.ACTIVATION_ELEMENTS
+
+
+def test_max_batch_is_validated():
+    with pytest.raises(PezError, match="max_batch"):
+        PezConfig(max_batch=0).validate()
+
+
 def test_vocab_modes(model):
     tok = model.tokenizer
     specials = {tok.sot_token_id, tok.eot_token_id, 0}
