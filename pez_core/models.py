@@ -115,6 +115,12 @@ class PezModel:
         self.image_mean = tuple(cfg.get("mean", getattr(clip.visual, "image_mean", (0.48145466, 0.4578275, 0.40821073))))
         self.image_std = tuple(cfg.get("std", getattr(clip.visual, "image_std", (0.26862954, 0.26130258, 0.27577711))))
         clip.to(dtype)
+        self._place_text_tower(device)
+        self._vision_device = torch.device("cpu") if device.type == "cuda" else device
+        clip.visual.to(self._vision_device)
+
+    def _place_text_tower(self, device: torch.device) -> None:
+        clip = self.clip
         clip.transformer.to(device), clip.token_embedding.to(device), clip.ln_final.to(device)
         clip.positional_embedding.data = clip.positional_embedding.data.to(device)
         clip.attn_mask = clip.attn_mask.to(device)
@@ -122,14 +128,23 @@ class PezModel:
             clip.text_projection.data = clip.text_projection.data.to(device)
         elif clip.text_projection is not None:
             clip.text_projection.to(device)
-        self._vision_device = torch.device("cpu") if device.type == "cuda" else device
-        clip.visual.to(self._vision_device)
+        self._text_device = device
+
+    def offload(self, device: str | torch.device = "cpu") -> None:
+        """Park the text tower on ``device`` (frees the GPU between runs); the next use moves it back."""
+        device = torch.device(device)
+        if device != self._text_device:
+            self._place_text_tower(device)
+            log.debug("%s: text tower parked on %s", self.name, device)
 
     def __repr__(self) -> str:
         return f"PezModel({self.name!r}, device={self.device}, dtype={self.dtype})"
 
     @property
     def token_embeddings(self) -> torch.Tensor:
+        """The token table, on ``device``; every text path starts here, so it brings back an offloaded tower."""
+        if self._text_device != self.device:
+            self._place_text_tower(self.device)
         return self.clip.token_embedding.weight
 
     @property

@@ -140,8 +140,9 @@ def texts_of(value: Any) -> list[str]:
 # --- devices and memory -------------------------------------------------------------------------------
 @contextmanager
 def device_session(model: pez_core.PezModel) -> Iterator[None]:
-    """Make room on an accelerator before a run (the vision tower and activations come and go) and
-    return the cached blocks afterwards; a no-op on the CPU. Runs outside inference mode."""
+    """Make room on an accelerator before a run (the text tower comes back, the vision tower and
+    activations come and go); afterwards park the text tower where ComfyUI parks its text encoders
+    (the CPU unless --gpu-only) so the diffusion model gets the memory. Outside inference mode."""
     on_gpu = model.device.type != "cpu"
     if on_gpu:
         mm.free_memory(mm.module_size(model.clip) + GIB, model.device)
@@ -150,6 +151,7 @@ def device_session(model: pez_core.PezModel) -> Iterator[None]:
             yield
     finally:
         if on_gpu:
+            model.offload(mm.text_encoder_offload_device())
             mm.soft_empty_cache()
 
 

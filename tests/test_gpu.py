@@ -1,6 +1,8 @@
 """The CUDA fast path (skipped without a GPU; run on the device with benchmarks/gpu_check.sh)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -30,13 +32,17 @@ def run(model, graphs: bool, restarts: int = 4, lr_schedule: str = "constant"):
 
 @pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
 def test_graph_equals_eager(model, lr_schedule, caplog):
-    eager = run(model, False, lr_schedule=lr_schedule)
+    eager, eager_again = run(model, False, lr_schedule=lr_schedule), run(model, False, lr_schedule=lr_schedule)
     with caplog.at_level("INFO", logger="pez_core.cuda_graph"):
         graphed = run(model, True, lr_schedule=lr_schedule)
     assert "captured as one CUDA graph" in caplog.text  # not a silent fall-back to eager
-    if model.dtype == torch.float32:
+    reproducible = eager_again.token_ids == eager.token_ids
+    if model.dtype == torch.float32 and reproducible:
         assert graphed.token_ids == eager.token_ids and graphed.prompt == eager.prompt
     else:  # bf16 kernels may differ by launch configuration; the search must land as well
+        if model.dtype == torch.float32:
+            warnings.warn("eager fp32 runs differ from each other on this GPU (non-deterministic kernels); "
+                          "graph = eager checked by similarity only")
         assert abs(graphed.similarity - eager.similarity) < 0.02
 
 
@@ -55,3 +61,18 @@ def test_planted_recovery_on_device(model):
     objective, random_best = planted_problem(model, length=8, seed=1)
     result = pez_core.optimize(model, objective, PezConfig(prompt_len=8, steps=400, restarts=8))[0]
     assert result.similarity > random_best
+
+
+def test_offload_frees_the_gpu_and_the_next_run_brings_the_tower_back(model):
+    objective, _ = planted_problem(model, length=8, seed=2)
+    config = PezConfig(prompt_len=8, steps=60, restarts=2)
+    before = pez_core.optimize(model, objective, config)[0]
+    torch.cuda.synchronize()
+    resident = torch.cuda.memory_allocated()
+    table_bytes = model.clip.token_embedding.weight.numel() * model.clip.token_embedding.weight.element_size()
+    model.offload("cpu")
+    assert model.clip.token_embedding.weight.device.type == "cpu"
+    assert resident - torch.cuda.memory_allocated() >= table_bytes  # at least the token table left the GPU
+    after = pez_core.optimize(model, objective, config)[0]
+    assert model.clip.token_embedding.weight.device.type == "cuda"
+    assert after.similarity == pytest.approx(before.similarity, abs=0.02)
