@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv comfyui browser test demo serve bench clean
+.PHONY: venv comfyui browser test demo serve bench gpu-wheels clean
 
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: requirements-dev.txt pyproject.toml
@@ -31,6 +31,11 @@ serve: venv comfyui
 
 bench: venv
 	$(PY) benchmarks/speed.py
+
+# the wheels benchmarks/gpu_check.sh needs on the GPU machine (which has torch but no open_clip)
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.2.14
 
 clean:
 	rm -rf $(VENV) .comfyui .cache

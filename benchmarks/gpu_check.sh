@@ -1,10 +1,7 @@
 #!/usr/bin/env bash
-# One device run: GPU tests + GPU benchmark. The GPU image lacks open_clip_torch, ftfy and wcwidth;
-# fetch them here first (repo root):
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux2014_x86_64 -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth
-# then run this script on the device with `.whl` carried. Output lands in $OUT (or ./artifacts).
+# One device run: GPU tests + GPU benchmark. The GPU image has torch, torchvision, regex, timm and
+# huggingface_hub but not open_clip_torch, ftfy or wcwidth: `make gpu-wheels` puts them in .whl/
+# (ignored by git); run this script on the device with `.whl` carried. Output lands in $OUT (or ./artifacts).
 set -euo pipefail
 out=${OUT:-artifacts}; mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

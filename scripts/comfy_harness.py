@@ -30,10 +30,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import requests
-import websocket
+
+if TYPE_CHECKING:
+    import websocket
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +332,8 @@ class ComfyServer:
 
     # -- websocket ------------------------------------------------------------------------
     def _connect_ws(self) -> None:
+        import websocket  # here, not at the top: the GPU tests load conftest where websocket-client is absent
+
         ws_url = f"ws://{HOST}:{self.port}/ws?clientId={self.client_id}"
         self._ws = websocket.create_connection(ws_url, timeout=10, http_no_proxy=[HOST, "localhost"])
         self._ws.settimeout(0.5)
@@ -338,6 +342,8 @@ class ComfyServer:
         self._reader.start()
 
     def _read_ws(self) -> None:
+        import websocket
+
         assert self._ws is not None
         while not self._stopping.is_set():
             try:
