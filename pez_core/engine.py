@@ -166,8 +166,8 @@ def prompts_that_fit(model: PezModel, prompt_len: int) -> int:
 
 def free_memory(device: torch.device) -> int:
     """Bytes free on ``device`` now (RAM for the CPU; 4 GiB where it cannot be told)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cuda":  # what the driver has free plus what torch's cache holds unused
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     try:
         import psutil
         return psutil.virtual_memory().available
