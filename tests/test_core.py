@@ -281,3 +281,13 @@ def test_distill_ratio_sets_length(model):
     result = pez_core.distill(model, text, PezConfig(steps=5), ratio=0.5)
     assert pez_core.tasks.distill_length(model, text, 0.5) == round(0.5 * len(model.tokenize(text)))
     assert len(result.token_ids) >= 1
+
+
+def test_cuda_graph_falls_back_to_eager_off_cuda_and_says_why(model, caplog):
+    from pez_core import cuda_graph
+    from pez_core.engine import _Run
+    run = _Run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(steps=50))
+    with caplog.at_level("DEBUG", logger="pez_core.cuda_graph"):
+        step, done = cuda_graph.graphed_step(run, 50)
+    assert step == run.step and done == 0
+    assert "eager steps: device is cpu" in caplog.text
