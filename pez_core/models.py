@@ -150,7 +150,7 @@ class PezModel:
 
     @property
     def text_width(self) -> int:
-        return self.token_embeddings.shape[1]
+        return self.clip.token_embedding.weight.shape[1]
 
     @property
     def text_layers(self) -> int:
