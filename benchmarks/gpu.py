@@ -47,6 +47,13 @@ class Case:
 
 
 CASES = (Case(1, False, 10, 60), Case(1, True, 50, 1050), Case(16, True, 50, 550), Case(256, True, 20, 220))
+# the GPU issue's targets: measurement -> (at least?, bound); "*" applies to every model
+TARGETS = {
+    "ViT-H-14": {"speed-up over the reference, 1 restart": (True, 20), "3000 steps (s)": (False, 8),
+                 "peak memory, 1 restart (GiB)": (False, 2)},
+    "ViT-L-14": {"3000 steps (s)": (False, 3)},
+    "*": {"16 restarts / 1 restart": (False, 1.7), "share of the bf16 peak, 256 restarts": (True, 0.5)},
+}
 QUICK_CASES = (Case(1, False, 5, 10), Case(1, True, 5, 10), Case(2, True, 5, 10), Case(3, True, 5, 10))
 
 
@@ -152,7 +159,24 @@ def bench(arch: str, device: torch.device, precision: str, cases, full_steps: in
     ratios = "; ".join(f"{r} restarts / 1: {ms / graphed[1]:.2f}x" for r, ms in graphed.items() if r > 1)
     out += ["", f"{full_steps} steps, 1 restart, one whole run: **{full_seconds:.2f} s** "
             f"(similarity {full_result.similarity:.3f}). {ratios}.", ""]
+    one = next(r for r in rows if r[0].graphs and r[0].restarts == 1)
+    by_restarts = {case.restarts: (ms, tflops) for case, ms, _, tflops, *_ in rows if case.graphs}
+    measured = {"speed-up over the reference, 1 restart": ref_ms / one[1],
+                "peak memory, 1 restart (GiB)": one[5],
+                "16 restarts / 1 restart": by_restarts[16][0] / one[1] if 16 in by_restarts else None,
+                "share of the bf16 peak, 256 restarts": by_restarts[256][1] / peak if peak and 256 in by_restarts else None,
+                "3000 steps (s)": full_seconds if full_steps == 3000 else None}
+    if device.type == "cuda":
+        out += [target_line(name, measured.get(name), *bound)
+                for name, bound in {**TARGETS["*"], **TARGETS.get(arch, {})}.items()] + [""]
     return out
+
+
+def target_line(name: str, value: float | None, at_least: bool, bound: float) -> str:
+    if value is None:
+        return f"- target {name} {'≥' if at_least else '≤'} {bound}: not measured in this run"
+    met = value >= bound if at_least else value <= bound
+    return f"- target {name} {'≥' if at_least else '≤'} {bound}: {value:.2f} — {'met' if met else '**NOT met**'}"
 
 
 def main() -> None:

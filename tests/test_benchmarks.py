@@ -45,3 +45,12 @@ def test_cpu_speed_script_runs(checkpoint):
     out = run_script("benchmarks/speed.py", "--model", str(checkpoint), "--steps", "3", "--restarts", "2")
     assert re.search(r"speed-up of the engine over the reference loop \(1 restart, full vocab\): [\d.]+x", out)
     assert re.search(r"cost of 2 restarts over 1 restart \(full vocab\): [\d.]+x", out)
+
+
+def test_gpu_targets_are_judged_in_the_right_direction():
+    from benchmarks.gpu import target_line
+    assert target_line("3000 steps (s)", 9.1, False, 8).endswith("**NOT met**")
+    assert target_line("3000 steps (s)", 7.9, False, 8).endswith("met")
+    assert target_line("speed-up", 19.0, True, 20).endswith("**NOT met**")
+    assert target_line("speed-up", 25.0, True, 20).endswith("— met")
+    assert "not measured" in target_line("speed-up", None, True, 20)
