@@ -98,22 +98,29 @@ def test_small_batches_find_the_same_prompts(model, monkeypatch):
     assert [r.similarity for r in split] == pytest.approx([r.similarity for r in whole], abs=1e-5)
 
 
+def kept_for_backward(model, prompt_len: int, restarts: int = 4) -> float:
+    """Elements autograd keeps for one step's backward, per prompt, position, text width and layer."""
+    from pez_core import engine
+    weights = {t.untyped_storage().data_ptr() for t in [*model.clip.parameters(), *model.clip.buffers()]}
+    target = torch.randn(model.clip.text_projection.shape[-1] if isinstance(model.clip.text_projection, torch.Tensor)
+                         else model.clip.text_projection.out_features)
+    run = engine._Run(model, Objective.stack([[(target, 1.0)]]), PezConfig(restarts=restarts, prompt_len=prompt_len))
+    kept: dict[int, int] = {}
+
+    def keep(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        run.step()
+    return sum(kept.values()) / restarts / (prompt_len + 2) / model.text_width / model.text_layers / model.dtype.itemsize
+
+
 def test_activation_budget_bounds_what_backward_keeps(model):
     """prompts_that_fit assumes backward keeps ACTIVATION_ELEMENTS per position, width and layer at most."""
     from pez_core import engine
-    weights = {t.untyped_storage().data_ptr() for t in [*model.clip.parameters(), *model.clip.buffers()]}
     for length in (4, 16, 75):
-        run = engine._Run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(restarts=4, prompt_len=length))
-        kept: dict[int, int] = {}
-
-        def keep(t):
-            if t.untyped_storage().data_ptr() not in weights:
-                kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-            run.step()
-        per_element = sum(kept.values()) / 4 / (length + 2) / model.text_width / model.text_layers / model.dtype.itemsize
-        assert engine.ACTIVATION_ELEMENTS / 2 < per_element <= engine.ACTIVATION_ELEMENTS
+        assert engine.ACTIVATION_ELEMENTS / 2 < kept_for_backward(model, length) <= engine.ACTIVATION_ELEMENTS
 
 
 def test_max_batch_is_validated():

@@ -8,7 +8,7 @@ import torch
 
 import pez_core
 from pez_core import PezConfig, cuda_graph
-from tests.test_core import planted_problem
+from tests.test_core import kept_for_backward, planted_problem
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -76,3 +76,8 @@ def test_offload_frees_the_gpu_and_the_next_run_brings_the_tower_back(model):
     after = pez_core.optimize(model, objective, config)[0]
     assert model.clip.token_embedding.weight.device.type == "cuda"
     assert after.similarity == pytest.approx(before.similarity, abs=0.02)
+
+
+def test_activation_budget_holds_on_the_device(model):
+    from pez_core import engine
+    assert kept_for_backward(model, 16) <= engine.ACTIVATION_ELEMENTS
