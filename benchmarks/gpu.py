@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -32,6 +33,15 @@ TARGET_TEXT = "a photograph of a red fox in the snow, golden hour, highly detail
 PROMPT_LEN = 16
 # dense bf16 tensor-core peak (no sparsity), from the vendor's data sheets; matched in this order
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4))
+
+
+class Row(NamedTuple):
+    case: "Case"
+    ms: float            # marginal ms per step
+    fixed: float         # seconds per run that do not grow with steps
+    tflops: float        # useful TFLOP/s
+    similarity: float
+    memory: float | None  # peak GiB (CUDA only)
 
 
 @dataclass(frozen=True)
@@ -93,11 +103,9 @@ def marginal_step(model, objective, case: Case) -> tuple[float, float, pez_core.
     return 1000 * seconds_per_step, short - case.short * seconds_per_step, result
 
 
-def useful_flops_per_step(model, restarts: int, prompt_len: int, vocab_rows: int) -> float:
+def useful_flops_per_step(model, restarts: int, prompt_len: int, vocab_rows: int, embed_dim: int) -> float:
     """Forward + input-gradient backward of the text tower on L+2 positions, plus the projection."""
     width, layers = model.text_width, model.text_layers
-    proj = model.clip.text_projection
-    embed_dim = proj.out_features if isinstance(proj, torch.nn.Linear) else proj.shape[-1]
     n = prompt_len + 2
     per_layer = 2 * n * 12 * width ** 2 + 2 * 2 * n * n * width   # q,k,v,out + MLP; scores and values
     forward = layers * per_layer + 2 * width * embed_dim
@@ -121,12 +129,13 @@ def bench(arch: str, device: torch.device, precision: str, cases, full_steps: in
     model = load(arch, device, precision)
     objective = Objective.stack([[(model.encode_texts([TARGET_TEXT])[0], 1.0)]])
     vocab_rows = len(pez_core.allowed_token_ids(model.tokenizer, PezConfig().vocab))
+    embed_dim = objective.features.shape[-1]
     rows = []
     for case in cases:
         reset_peak_memory(device)
         ms, fixed, result = marginal_step(model, objective, case)
-        tflops = useful_flops_per_step(model, case.restarts, PROMPT_LEN, vocab_rows) / ms / 1e9
-        rows.append((case, ms, fixed, tflops, result.similarity, peak_memory_gib(device)))
+        tflops = useful_flops_per_step(model, case.restarts, PROMPT_LEN, vocab_rows, embed_dim) / ms / 1e9
+        rows.append(Row(case, ms, fixed, tflops, result.similarity, peak_memory_gib(device)))
     full_seconds, full_result = timed_run(model, objective, PezConfig(prompt_len=PROMPT_LEN, restarts=1, steps=full_steps))
     del model
     pez_core.clear_cache()
@@ -149,22 +158,21 @@ def bench(arch: str, device: torch.device, precision: str, cases, full_steps: in
            "|---|---|---|---|---|---|---|---|",
            f"| reference loop (fp32, 77 tokens, 2 passes, host sync every step) | {ref_ms:.2f} | | 1.0x | | | "
            f"| {reference['similarity']:.3f} |"]
-    for case, ms, fixed, tflops, sim, mem in rows:
-        name = case.name if device.type == "cuda" or not case.graphs else f"{case.name} (no CUDA: runs eagerly)"
-        share = f"{100 * tflops / peak:.0f} %" if peak else ""
-        memory = f"{mem:.2f}" if mem is not None else ""
-        out.append(f"| {name} | {ms:.2f} | {fixed:.2f} | {ref_ms / ms:.1f}x | {tflops:.1f} | {share} "
-                   f"| {memory} | {sim:.3f} |")
-    graphed = {case.restarts: ms for case, ms, *_ in rows if case.graphs}
-    ratios = "; ".join(f"{r} restarts / 1: {ms / graphed[1]:.2f}x" for r, ms in graphed.items() if r > 1)
+    for row in rows:
+        name = row.case.name if device.type == "cuda" or not row.case.graphs else f"{row.case.name} (no CUDA: runs eagerly)"
+        share = f"{100 * row.tflops / peak:.0f} %" if peak else ""
+        memory = f"{row.memory:.2f}" if row.memory is not None else ""
+        out.append(f"| {name} | {row.ms:.2f} | {row.fixed:.2f} | {ref_ms / row.ms:.1f}x | {row.tflops:.1f} | {share} "
+                   f"| {memory} | {row.similarity:.3f} |")
+    graphed = {row.case.restarts: row for row in rows if row.case.graphs}
+    one = graphed[1]
+    ratios = "; ".join(f"{r} restarts / 1: {row.ms / one.ms:.2f}x" for r, row in graphed.items() if r > 1)
     out += ["", f"{full_steps} steps, 1 restart, one whole run: **{full_seconds:.2f} s** "
             f"(similarity {full_result.similarity:.3f}). {ratios}.", ""]
-    one = next(r for r in rows if r[0].graphs and r[0].restarts == 1)
-    by_restarts = {case.restarts: (ms, tflops) for case, ms, _, tflops, *_ in rows if case.graphs}
-    measured = {"speed-up over the reference, 1 restart": ref_ms / one[1],
-                "peak memory, 1 restart (GiB)": one[5],
-                "16 restarts / 1 restart": by_restarts[16][0] / one[1] if 16 in by_restarts else None,
-                "share of the bf16 peak, 256 restarts": by_restarts[256][1] / peak if peak and 256 in by_restarts else None,
+    measured = {"speed-up over the reference, 1 restart": ref_ms / one.ms,
+                "peak memory, 1 restart (GiB)": one.memory,
+                "16 restarts / 1 restart": graphed[16].ms / one.ms if 16 in graphed else None,
+                "share of the bf16 peak, 256 restarts": graphed[256].tflops / peak if peak and 256 in graphed else None,
                 "3000 steps (s)": full_seconds if full_steps == 3000 else None}
     if device.type == "cuda":
         out += [target_line(name, measured.get(name), *bound)

@@ -25,6 +25,14 @@ def _inputs(images_tooltip: str) -> list[io.Input]:
     ]
 
 
+def _schema(node_id: str, display_name: str, description: str, images_tooltip: str,
+            outputs: list[io.Output]) -> io.Schema:
+    """What both image nodes share: list inputs (images of different sizes), a result shown on the node."""
+    return io.Schema(node_id=node_id, display_name=display_name, category=CATEGORY, description=description,
+                     inputs=_inputs(images_tooltip), outputs=outputs, hidden=[io.Hidden.unique_id],
+                     is_input_list=True, is_output_node=True)
+
+
 def _run(cls: type[io.ComfyNode], task, kw: dict) -> list[pez_core.PezResult]:
     """Shared body: unwrap the list inputs, clone the images, optimise with live progress."""
     model = first(kw["pez_model"])
@@ -45,26 +53,20 @@ def _run(cls: type[io.ComfyNode], task, kw: dict) -> list[pez_core.PezResult]:
 class InvertImage(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PEZ_InvertImage",
-            display_name="PEZ Invert Image",
-            category=CATEGORY,
-            description="Learn a hard text prompt that CLIP matches to the image (PEZ): one prompt per image. "
-                        "Connect the prompt to CLIP Text Encode to generate variations of the image.",
-            inputs=_inputs("Images to describe, one prompt each. A batch, or a list of images of different "
-                           "sizes; all are optimised together in one run."),
-            outputs=[
+        return _schema(
+            "PEZ_InvertImage", "PEZ Invert Image",
+            "Learn a hard text prompt that CLIP matches to the image (PEZ): one prompt per image. "
+            "Connect the prompt to CLIP Text Encode to generate variations of the image.",
+            "Images to describe, one prompt each. A batch, or a list of images of different "
+            "sizes; all are optimised together in one run.",
+            [
                 io.String.Output("prompt", display_name="prompt", is_output_list=True, tooltip=(
                     "The learned prompt, one per image. For a single image it is an ordinary string; for "
                     "several, a list: nodes after it (e.g. CLIP Text Encode → KSampler) run once per prompt.")),
                 io.Float.Output("similarity", display_name="similarity", is_output_list=True, tooltip=(
                     "CLIP cosine similarity of each prompt to its image (ordinary image–caption pairs "
                     "score about 0.3).")),
-            ],
-            hidden=[io.Hidden.unique_id],
-            is_input_list=True,
-            is_output_node=True,
-        )
+            ])
 
     @classmethod
     def validate_inputs(cls, vocabulary) -> bool | str:
@@ -81,26 +83,19 @@ class InvertImage(io.ComfyNode):
 class StylePrompt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PEZ_StylePrompt",
-            display_name="Style Prompt from Images",
-            category=CATEGORY,
-            description="One prompt for what several images share — their style. Use it with a subject: "
-                        "Concat Prompts with prompt_1 = 'a tiger' and prompt_2 = this style prompt, then "
-                        "CLIP Text Encode.",
-            inputs=_inputs("Several images sharing a style: a batch, or a list of images of different sizes "
-                           "(e.g. several Load Image nodes batched, or a list from a folder loader)."),
-            outputs=[
+        return _schema(
+            "PEZ_StylePrompt", "Style Prompt from Images",
+            "One prompt for what several images share — their style. Use it with a subject: "
+            "Concat Prompts with prompt_1 = 'a tiger' and prompt_2 = this style prompt, then CLIP Text Encode.",
+            "Several images sharing a style: a batch, or a list of images of different sizes "
+            "(e.g. several Load Image nodes batched, or a list from a folder loader).",
+            [
                 io.String.Output("prompt", display_name="style_prompt", tooltip=(
                     "One prompt for all images. Combine it with a subject via Concat Prompts "
                     "('a tiger' + ', ' + style).")),
                 io.Float.Output("similarity", display_name="similarity",
                                 tooltip="Mean CLIP similarity of the prompt to the images."),
-            ],
-            hidden=[io.Hidden.unique_id],
-            is_input_list=True,
-            is_output_node=True,
-        )
+            ])
 
     @classmethod
     def validate_inputs(cls, vocabulary) -> bool | str:

@@ -102,8 +102,7 @@ def kept_for_backward(model, prompt_len: int, restarts: int = 4) -> float:
     """Elements autograd keeps for one step's backward, per prompt, position, text width and layer."""
     from pez_core import engine
     weights = {t.untyped_storage().data_ptr() for t in [*model.clip.parameters(), *model.clip.buffers()]}
-    target = torch.randn(model.clip.text_projection.shape[-1] if isinstance(model.clip.text_projection, torch.Tensor)
-                         else model.clip.text_projection.out_features)
+    target = model.encode_texts(["a red circle"])[0]
     run = engine._Run(model, Objective.stack([[(target, 1.0)]]), PezConfig(restarts=restarts, prompt_len=prompt_len))
     kept: dict[int, int] = {}
 
