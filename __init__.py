@@ -7,6 +7,6 @@ The ``web/`` folder is registered by ComfyUI from ``[tool.comfy] web`` in pyproj
 
 
 async def comfy_entrypoint():
-    from .pez_nodes import PezExtension
+    from .nodes import PezExtension
 
     return PezExtension()

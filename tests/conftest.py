@@ -9,7 +9,6 @@ torch runs single-threaded there: on a shared, busy CPU that is 10-30x faster fo
 
 from __future__ import annotations
 
-import io
 import shutil
 import sys
 from collections.abc import Generator, Iterator
@@ -17,45 +16,21 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # any import mode: `import conftest`
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # `import comfy_harness`
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+# The repository root is a ComfyUI pack whose `nodes/` folder would shadow ComfyUI's own top-level
+# `nodes` module if the root were importable (as `python -m pytest` makes it): tests get pez_core from
+# the (editable) install and their helpers from tests/ and scripts/, never the root itself.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
+sys.path[:0] = [str(TESTS), str(REPO / "scripts")]  # `import helpers`, `import comfy_harness`
 from comfy_harness import COMFY_DIR, ComfyServer  # noqa: E402
+from helpers import DEMO_IMAGE, TEST_IMAGES, TINY_MODEL, png_bytes, write_tiny_checkpoint  # noqa: E402
 
 _LOG_TAIL = 8000
-TINY_MODEL = "pez-tiny.safetensors"
-# node id -> display name: a public contract, never renamed
-PEZ_DISPLAY_NAMES = {
-    "PEZ_LoadModel": "PEZ Load Model",
-    "PEZ_InvertImage": "PEZ Invert Image",
-    "PEZ_DistillPrompt": "PEZ Distill Prompt",
-    "PEZ_StylePrompt": "Style Prompt from Images",
-    "PEZ_ConcatPrompts": "Concat Prompts",
-    "PEZ_PromptSimilarity": "PEZ Prompt Similarity",
-}
-DEMO_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "pez-demo-shape.png"
-# name -> (size, mode, background, shape colour, shape): RGB and RGBA PNGs of different sizes
-TEST_IMAGES = {
-    "pez_red_circle.png": ((64, 64), "RGB", "white", "red", "ellipse"),
-    "pez_blue_square.png": ((80, 48), "RGB", "white", "blue", "rectangle"),
-    "pez_green_rgba.png": ((40, 40), "RGBA", (0, 0, 0, 0), "green", "ellipse"),
-}
-
-
-def png_bytes(size: tuple[int, int], mode: str, background: object, colour: str, shape: str) -> bytes:
-    from PIL import Image, ImageDraw
-
-    image = Image.new(mode, size, background)  # type: ignore[arg-type]
-    w, h = size
-    getattr(ImageDraw.Draw(image), shape)((w // 5, h // 5, w - w // 5, h - h // 5), fill=colour)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def prepare_base_dir(server: ComfyServer) -> None:
     """Files the node tests need, written before the server starts."""
-    from tiny_models import write_tiny_checkpoint
-
     write_tiny_checkpoint(server.models_dir, Path(TINY_MODEL).stem)
     for name, spec in TEST_IMAGES.items():
         server.add_file(f"input/{name}", png_bytes(*spec))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_models import write_tiny_checkpoint
+from helpers import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

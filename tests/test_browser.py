@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PEZ_DISPLAY_NAMES as PEZ_NODES
+from helpers import PEZ_DISPLAY_NAMES as PEZ_NODES
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.tiny_models import write_tiny_checkpoint
+from helpers import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

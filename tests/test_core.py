@@ -8,7 +8,7 @@ import torch
 import pez_core
 from pez_core import Objective, PezConfig, PezError
 from pez_core.vocab import token_text
-from tests.tiny_models import write_tiny_checkpoint
+from helpers import encode_text_reference, kept_for_backward, planted_problem, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -16,18 +16,10 @@ def model(tmp_path_factory):
     return pez_core.load_model(str(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))), device="cpu")
 
 
-def padded(model, ids: torch.Tensor) -> torch.Tensor:
-    """The 77-token template open_clip's encode_text expects."""
-    full = torch.zeros(ids.shape[0], model.context_length, dtype=torch.long)
-    full[:, 0], full[:, 1:ids.shape[1] + 1], full[:, ids.shape[1] + 1] = model.sot_id, ids, model.eot_id
-    return full
-
-
 def test_cut_at_eot_equals_encode_text(model):
     ids = torch.randint(1, 49406, (4, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        reference = torch.nn.functional.normalize(model.clip.encode_text(padded(model, ids)), dim=-1)
-        assert (model.encode_ids(ids) - reference).abs().max() < 1e-5
+        assert (model.encode_ids(ids) - encode_text_reference(model, ids)).abs().max() < 1e-5
 
 
 def test_encode_texts_matches_open_clip_tokenizer(model):
@@ -98,23 +90,6 @@ def test_small_batches_find_the_same_prompts(model, monkeypatch):
     assert [r.similarity for r in split] == pytest.approx([r.similarity for r in whole], abs=1e-5)
 
 
-def kept_for_backward(model, prompt_len: int, restarts: int = 4) -> float:
-    """Elements autograd keeps for one step's backward, per prompt, position, text width and layer."""
-    from pez_core import engine
-    weights = {t.untyped_storage().data_ptr() for t in [*model.clip.parameters(), *model.clip.buffers()]}
-    target = model.encode_texts(["a red circle"])[0]
-    run = engine._Run(model, Objective.stack([[(target, 1.0)]]), PezConfig(restarts=restarts, prompt_len=prompt_len))
-    kept: dict[int, int] = {}
-
-    def keep(t):
-        if t.untyped_storage().data_ptr() not in weights:
-            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        run.step()
-    return sum(kept.values()) / restarts / (prompt_len + 2) / model.text_width / model.text_layers / model.dtype.itemsize
-
-
 def test_activation_budget_bounds_what_backward_keeps(model):
     """prompts_that_fit assumes backward keeps ACTIVATION_ELEMENTS per position, width and layer at most."""
     from pez_core import engine
@@ -156,18 +131,6 @@ def test_optimized_prompt_uses_only_allowed_words(model):
     bank = ["red", "green", "circle", "square", "large", "small"]
     result = pez_core.distill(model, "a big red circle", PezConfig(prompt_len=4, steps=30, allowlist=bank))
     assert set(result.prompt.split()) <= set(bank)
-
-
-def planted_problem(model, length: int, seed: int):
-    allowed = pez_core.allowed_token_ids(model.tokenizer, "words")
-    generator = torch.Generator().manual_seed(seed)
-    planted = allowed[torch.randint(len(allowed), (1, length), generator=generator)]
-    with torch.no_grad():
-        target = model.encode_ids(planted)[0]
-    random_prompts = allowed[torch.randint(len(allowed), (400, length), generator=generator)]
-    with torch.no_grad():
-        random_best = float((model.encode_ids(random_prompts) @ target).max())
-    return Objective.stack([[(target, 1.0)]]), random_best
 
 
 def test_planted_prompt_recovery(model):

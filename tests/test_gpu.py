@@ -8,7 +8,7 @@ import torch
 
 import pez_core
 from pez_core import PezConfig, cuda_graph
-from tests.test_core import kept_for_backward, planted_problem
+from helpers import encode_text_reference, kept_for_backward, planted_problem
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -50,11 +50,8 @@ def test_cut_at_eot_on_device(model):
     if model.dtype != torch.float32:
         pytest.skip("exactness is checked in fp32")
     ids = torch.randint(1, 49406, (4, 16), device="cuda")
-    full = torch.zeros(4, 77, dtype=torch.long, device="cuda")
-    full[:, 0], full[:, 1:17], full[:, 17] = model.sot_id, ids, model.eot_id
     with torch.no_grad():
-        reference = torch.nn.functional.normalize(model.clip.encode_text(full), dim=-1)
-        assert (model.encode_ids(ids) - reference).abs().max() < 1e-5
+        assert (model.encode_ids(ids) - encode_text_reference(model, ids)).abs().max() < 1e-5
 
 
 def test_planted_recovery_on_device(model):

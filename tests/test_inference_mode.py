@@ -3,7 +3,7 @@ import torch
 
 import pez_core
 from pez_core import PezConfig
-from tests.tiny_models import write_tiny_checkpoint
+from helpers import write_tiny_checkpoint
 
 
 def test_load_and_optimise_under_inference_mode(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 import pez_core
 from pez_core import ModelLoadError, PezConfig, PezError, WeightsNotAvailableError
-from tests.tiny_models import write_tiny_checkpoint
+from helpers import encode_text_reference, planted_problem, write_tiny_checkpoint
 
 
 def test_checkpoint_with_config_loads_and_is_cached(tmp_path):
@@ -77,12 +77,8 @@ def test_vit_b32_random_weights_cut_and_recovery():
     """The real ViT-B-32 text tower (random weights): exact cut at EOT, and PEZ beats random search."""
     model = pez_core.load_model("ViT-B-32", "none", device="cpu")
     ids = torch.randint(1, 49406, (2, 16), generator=torch.Generator().manual_seed(0))
-    full = torch.zeros(2, 77, dtype=torch.long)
-    full[:, 0], full[:, 1:17], full[:, 17] = model.sot_id, ids, model.eot_id
     with torch.no_grad():
-        reference = torch.nn.functional.normalize(model.clip.encode_text(full), dim=-1)
-        assert (model.encode_ids(ids) - reference).abs().max() < 1e-5
-    from tests.test_core import planted_problem
+        assert (model.encode_ids(ids) - encode_text_reference(model, ids)).abs().max() < 1e-5
     objective, random_best = planted_problem(model, length=8, seed=2)
     result = pez_core.optimize(model, objective, PezConfig(prompt_len=8, steps=60, seed=0))[0]
     assert result.similarity > random_best, (result.similarity, random_best)

@@ -6,6 +6,7 @@ execution, UI outputs, lists, progress, cancel, validation and error reporting.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import struct
@@ -19,10 +20,11 @@ import pytest
 import websocket
 
 from comfy_harness import HOST, ComfyServer, PromptRejected, RunResult
-from conftest import PEZ_DISPLAY_NAMES as DISPLAY_NAMES, TINY_MODEL
+from helpers import PEZ_DISPLAY_NAMES as DISPLAY_NAMES, TINY_MODEL
 
 PACK_MODULE = "custom_nodes.pez_hard_prompts"
-NODE_LIST = Path(__file__).resolve().parents[1] / "node_list.json"
+REPO = Path(__file__).resolve().parents[1]
+NODE_LIST = REPO / "node_list.json"
 TEXT_NODES = set(DISPLAY_NAMES) - {"PEZ_LoadModel"}
 LIVE_KEYS = {"node", "display_node", "step", "total", "similarity", "prompt"}  # the web extension's contract
 LIVE_EXTRA = {"prompt_id", "prompts", "similarities"}
@@ -108,6 +110,19 @@ def test_object_info_lists_the_nodes(comfy_server: ComfyServer) -> None:
     assert info["PEZ_StylePrompt"]["output_is_list"] == [False, False]
     assert combo_options(info["PEZ_DistillPrompt"]["input"]["required"]["target"]) == [
         "length", "0.7", "0.5", "0.3", "0.1"]
+
+
+def test_the_packs_nodes_folder_does_not_shadow_comfyuis_nodes_module(comfy_server: ComfyServer) -> None:
+    """The pack's `nodes/` loads as part of the pack; ComfyUI's own top-level `nodes` keeps its core nodes."""
+    info = comfy_server.object_info()
+    assert {info[n]["python_module"] for n in ("CLIPTextEncode", "KSampler", "LoadImage")} == {"nodes"}
+    assert {info[n]["python_module"] for n in DISPLAY_NAMES} == {PACK_MODULE}
+    failed = [line for line in comfy_server.log_text().lower().splitlines()
+              if "pez_hard_prompts" in line and ("cannot import" in line or "import failed" in line)]
+    assert not failed, failed
+    # nor can this test process import the pack's folder as a top-level `nodes` (see conftest.py)
+    spec = importlib.util.find_spec("nodes")
+    assert spec is None or REPO not in Path(spec.origin or "").parents, spec
 
 
 def test_node_list_json_matches_registered_nodes(comfy_server: ComfyServer) -> None:
