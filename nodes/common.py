@@ -20,7 +20,7 @@ from .. import pez_core
 log = logging.getLogger(__name__)
 
 CATEGORY = "PEZ"
-MAX_TOKENS = 75            # CLIP's 77 positions minus start and end of text
+DEFAULTS = pez_core.PezConfig()
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 LIVE_EVERY_S = 0.25        # pez.progress + progress text: at most 4 a second
 BAR_EVERY_S = 0.1          # the node's progress bar
@@ -29,42 +29,52 @@ GIB = 1 << 30
 PezModelType = io.Custom("PEZ_MODEL")
 
 
-# --- inputs shared by the optimising nodes --------------------------------------------------------
+def node_schema(node_id: str, display_name: str, description: str, inputs: list[io.Input],
+                outputs: list[io.Output], **extra: Any) -> io.Schema:
+    """A PEZ node: in the PEZ category, an output node (its result shows on the node), told its own id."""
+    return io.Schema(node_id=node_id, display_name=display_name, category=CATEGORY, description=description,
+                     inputs=inputs, outputs=outputs, hidden=[io.Hidden.unique_id], is_output_node=True, **extra)
+
+
+# --- inputs shared by the optimising nodes (defaults and limits from pez_core) -----------------------
 def model_input() -> io.Input:
     return PezModelType.Input("pez_model", tooltip="The CLIP model from PEZ Load Model. Use the CLIP your "
                               "diffusion model reads prompts with (ViT-L-14 · openai for SD 1.x, SDXL and Flux).")
 
 
 def prompt_length_input(tooltip: str | None = None) -> io.Input:
-    return io.Int.Input("prompt_length", default=16, min=1, max=MAX_TOKENS, tooltip=tooltip or (
-        "Length of the learned prompt in CLIP tokens. 16 transfers best between models in the PEZ paper; "
-        "at most 75 (CLIP's limit)."))
+    return io.Int.Input("prompt_length", default=DEFAULTS.prompt_len, min=1, max=pez_core.MAX_PROMPT_TOKENS,
+                        tooltip=tooltip or (
+        f"Length of the learned prompt in CLIP tokens. {DEFAULTS.prompt_len} transfers best between models in "
+        f"the PEZ paper; at most {pez_core.MAX_PROMPT_TOKENS} (CLIP's limit)."))
 
 
 def steps_input() -> io.Input:
-    return io.Int.Input("steps", default=3000, min=1, max=100_000, tooltip=(
-        "Optimisation steps. 3000 is the paper's default; a few hundred give a usable draft. "
+    return io.Int.Input("steps", default=DEFAULTS.steps, min=1, max=pez_core.MAX_STEPS, tooltip=(
+        f"Optimisation steps. {DEFAULTS.steps} is the paper's default; a few hundred give a usable draft. "
         "The node shows the best prompt so far while it runs; Cancel stops it (without a result)."))
 
 
 def restarts_input() -> io.Input:
-    return io.Int.Input("restarts", default=0, min=0, max=64, tooltip=(
-        "Random starts optimised side by side; the best wins. 0 = auto (8 on a GPU, 1 on the CPU). "
-        "More restarts find better prompts and cost memory and time."))
+    auto = DEFAULTS.for_device(torch.device("cuda")).restarts, DEFAULTS.for_device(torch.device("cpu")).restarts
+    return io.Int.Input("restarts", default=0, min=0, max=pez_core.MAX_RESTARTS, tooltip=(
+        f"Random starts optimised side by side; the best wins. 0 = auto ({auto[0]} on a GPU, {auto[1]} on the "
+        "CPU). More restarts find better prompts and cost memory and time."))
 
 
 def learning_rate_input() -> io.Input:
-    return io.Float.Input("learning_rate", default=0.1, min=0.001, max=10.0, step=0.01, round=0.001,
-                          tooltip="AdamW learning rate of the soft prompt (the paper uses 0.1).")
+    low, high = pez_core.LR_RANGE
+    return io.Float.Input("learning_rate", default=DEFAULTS.lr, min=low, max=high, step=0.01, round=0.001,
+                          tooltip=f"AdamW learning rate of the soft prompt (the paper uses {DEFAULTS.lr}).")
 
 
 def seed_input() -> io.Input:
-    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+    return io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=SEED_MAX, control_after_generate=True,
                         tooltip="Seed of the random starting prompt: the same seed and settings give the same prompt.")
 
 
 def vocabulary_input() -> io.Input:
-    return io.Combo.Input("vocabulary", options=list(pez_core.VOCAB_MODES), default="words", tooltip=(
+    return io.Combo.Input("vocabulary", options=list(pez_core.VOCAB_MODES), default=DEFAULTS.vocab, tooltip=(
         "Tokens PEZ may use. words: whole lowercase words (readable prompts); ascii: any printable "
         "token, incl. word pieces and punctuation; full: every CLIP token, incl. emoji and other scripts "
         "(highest similarity, least readable)."))
@@ -80,20 +90,18 @@ def negative_inputs() -> list[io.Input]:
     return [
         io.Image.Input("negative_images", optional=True, tooltip=(
             "Optional images the prompt should NOT describe: their features push the prompt away "
-            "(weight 0.5 each).")),
+            f"(weight {pez_core.DEFAULT_NEGATIVE_WEIGHT} each).")),
         io.String.Input("negative_text", multiline=True, default="", optional=True, tooltip=(
             "Optional text the prompt should move away from (e.g. 'blurry, watermark'). Empty: none.")),
     ]
 
 
-def make_config(model: pez_core.PezModel, *, prompt_length: int, steps: int, seed: int, vocabulary: str,
-                restarts: int = 0, learning_rate: float = 0.1, blocklist: str = "") -> pez_core.PezConfig:
-    # A cancel is seen at each sync: on the CPU a sync is nearly free and a step of a big CLIP is slow,
-    # so sync often; on a GPU every sync stalls the device, so sync every 20 (well under a second).
+def make_config(*, prompt_length: int, steps: int, seed: int, vocabulary: str, restarts: int = 0,
+                learning_rate: float = DEFAULTS.lr, blocklist: str | None = "") -> pez_core.PezConfig:
+    """The widgets' values as a PezConfig (0 restarts: the engine's choice for the device)."""
     return pez_core.PezConfig(
         prompt_len=int(prompt_length), steps=int(steps), restarts=int(restarts) or None, lr=float(learning_rate),
-        seed=int(seed), vocab=vocabulary, blocklist=(blocklist or "").strip() or None,
-        sync_every=2 if model.device.type == "cpu" else 20)
+        seed=int(seed), vocab=vocabulary, blocklist=(blocklist or "").strip() or None)
 
 
 def check_choices(**checks: tuple[Any, Sequence[str]]) -> bool | str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .. import pez_core
-from .common import (CATEGORY, LiveProgress, check_choices, device_session, log_results, make_config, model_input,
+from .common import (LiveProgress, check_choices, device_session, log_results, make_config, model_input, node_schema,
                      prompt_length_input, seed_input, steps_input, text_ui, vocabulary_input)
 
 TARGETS = ("length", "0.7", "0.5", "0.3", "0.1")
@@ -13,10 +13,8 @@ TARGETS = ("length", "0.7", "0.5", "0.3", "0.1")
 class DistillPrompt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PEZ_DistillPrompt",
-            display_name="PEZ Distill Prompt",
-            category=CATEGORY,
+        return node_schema(
+            "PEZ_DistillPrompt", "PEZ Distill Prompt",
             description="Distill a long prompt into a shorter one that CLIP reads the same way (PEZ). "
                         "Prompts longer than CLIP's 75 tokens are fine: they are read in 75-token chunks.",
             inputs=[
@@ -38,8 +36,6 @@ class DistillPrompt(io.ComfyNode):
                 io.Float.Output("similarity", display_name="similarity",
                                 tooltip="CLIP cosine similarity of the distilled prompt to the original text."),
             ],
-            hidden=[io.Hidden.unique_id],
-            is_output_node=True,
         )
 
     @classmethod
@@ -52,7 +48,7 @@ class DistillPrompt(io.ComfyNode):
         if not text.strip():
             raise pez_core.PezError("the text to distill is empty; type or connect a prompt")
         ratio = None if target == "length" else float(target)
-        config = make_config(pez_model, prompt_length=prompt_length, steps=steps, seed=seed, vocabulary=vocabulary)
+        config = make_config(prompt_length=prompt_length, steps=steps, seed=seed, vocabulary=vocabulary)
         with device_session(pez_model):
             result = pez_core.distill(pez_model, text, config, ratio=ratio,
                                       callback=LiveProgress(cls.hidden.unique_id, config.steps))

@@ -10,7 +10,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from .. import pez_core
-from ..pez_core.models import CHECKPOINT_SUFFIXES, PRECISIONS, bundled_models
+from ..pez_core.models import CHECKPOINT_SUFFIXES, DEFAULT_MODEL, PRECISIONS, bundled_models
 from .common import CATEGORY, PezModelType, check_choices
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class LoadModel(io.ComfyNode):
             description="Load an OpenCLIP model for the PEZ nodes. Learn prompts with the CLIP your diffusion "
                         "model reads them with.",
             inputs=[
-                io.Combo.Input("model", options=model_options(), default=next(iter(pez_core.PRESETS)), tooltip=(
+                io.Combo.Input("model", options=model_options(), default=DEFAULT_MODEL, tooltip=(
                     f"Which CLIP to learn prompts for — {serves}. Presets download once into the Hugging Face "
                     f"cache; offline, save the weights as <arch>-<tag>.safetensors (e.g. "
                     f"ViT-L-14-openai.safetensors) in models/pez. Bundled models work offline. Checkpoints "

@@ -7,11 +7,11 @@ from comfy_api.latest import io
 
 from .. import pez_core
 from ..pez_core.models import clip_tokenizer
-from .common import CATEGORY, MAX_TOKENS, device_session, images_of, model_input, send_node_text, text_ui
+from .common import device_session, images_of, model_input, node_schema, send_node_text, text_ui
 
 log = logging.getLogger(__name__)
 
-PROMPT_INPUTS = ("prompt_1", "prompt_2", "prompt_3", "prompt_4")
+MAX_TOKENS = pez_core.MAX_PROMPT_TOKENS
 
 
 def join_prompts(parts: list[str], separator: str) -> str:
@@ -47,10 +47,8 @@ class ConcatPrompts(io.ComfyNode):
                 "A prompt part: type it, or connect a prompt (e.g. from PEZ Invert Image)."
                 + (" Optional; empty parts are skipped." if optional else " Empty parts are skipped.")))
 
-        return io.Schema(
-            node_id="PEZ_ConcatPrompts",
-            display_name="Concat Prompts",
-            category=CATEGORY,
+        return node_schema(
+            "PEZ_ConcatPrompts", "Concat Prompts",
             description="Join prompts, e.g. a subject and a style prompt ('a tiger' + ', ' + style), and count "
                         "the CLIP tokens of the result; warns on the node past CLIP's 75 tokens.",
             inputs=[
@@ -66,9 +64,7 @@ class ConcatPrompts(io.ComfyNode):
                 io.Int.Output("token_count", display_name="token_count", is_output_list=True,
                               tooltip="CLIP tokens of the joined prompt (CLIP reads 75 at once)."),
             ],
-            hidden=[io.Hidden.unique_id],
             is_input_list=True,
-            is_output_node=True,
         )
 
     @classmethod
@@ -97,10 +93,8 @@ class ConcatPrompts(io.ComfyNode):
 class PromptSimilarity(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PEZ_PromptSimilarity",
-            display_name="PEZ Prompt Similarity",
-            category=CATEGORY,
+        return node_schema(
+            "PEZ_PromptSimilarity", "PEZ Prompt Similarity",
             description="How well CLIP matches a prompt to images and/or another prompt. Compare an inverted "
                         "prompt with a hand-written one on the same image.",
             inputs=[
@@ -117,8 +111,6 @@ class PromptSimilarity(io.ComfyNode):
                 "Mean CLIP cosine similarity to every image and the other prompt. Image–text and text–text "
                 "similarities differ in scale (a good caption scores ~0.3 with its image), so compare like "
                 "with like."))],
-            hidden=[io.Hidden.unique_id],
-            is_output_node=True,
         )
 
     @classmethod

@@ -5,15 +5,18 @@
     >>> [result] = pez_core.invert(model, [image], pez_core.PezConfig(steps=1000))
     >>> result.prompt, result.similarity
 """
-from .engine import Objective, PezConfig, PezResult, Progress, optimize
+from .engine import LR_RANGE, LR_SCHEDULES, MAX_RESTARTS, MAX_STEPS, PezConfig, PezResult, Progress, optimize, search
 from .errors import ModelLoadError, PezError, WeightsNotAvailableError
-from .models import PRESETS, PezModel, available_models, clear_cache, load_model
-from .tasks import distill, invert, score, style
+from .models import MAX_PROMPT_TOKENS, PRECISIONS, PRESETS, PezModel, available_models, clear_cache, load_model
+from .objective import ClipScorer, Objective
+from .scorer import Scorer
+from .tasks import DEFAULT_NEGATIVE_WEIGHT, distill, invert, score, style
 from .vocab import VOCAB_MODES, allowed_token_ids
 
 __all__ = [
-    "PRESETS", "VOCAB_MODES", "ModelLoadError", "Objective", "PezConfig", "PezError", "PezModel",
-    "PezResult", "Progress", "WeightsNotAvailableError", "allowed_token_ids", "available_models",
-    "clear_cache", "distill", "invert", "load_model", "optimize", "score", "style",
+    "DEFAULT_NEGATIVE_WEIGHT", "LR_RANGE", "LR_SCHEDULES", "MAX_PROMPT_TOKENS", "MAX_RESTARTS", "MAX_STEPS", "PRECISIONS",
+    "PRESETS", "VOCAB_MODES", "ClipScorer", "ModelLoadError", "Objective", "PezConfig", "PezError", "PezModel",
+    "PezResult", "Progress", "Scorer", "WeightsNotAvailableError", "allowed_token_ids", "available_models",
+    "clear_cache", "distill", "invert", "load_model", "optimize", "score", "search", "style",
 ]
 __version__ = "0.1.0"

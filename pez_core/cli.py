@@ -10,12 +10,21 @@ import logging
 import sys
 from pathlib import Path
 
-from .engine import PezConfig
+import torch
+
+from .engine import LR_SCHEDULES, PezConfig
 from .errors import PezError
-from .models import PRECISIONS, available_models, load_model
+from .models import DEFAULT_MODEL, MAX_PROMPT_TOKENS, PRECISIONS, available_models, load_model
+from .tasks import DEFAULT_NEGATIVE_WEIGHT
 from .vocab import VOCAB_MODES
 
 log = logging.getLogger("pez_core")
+DEFAULTS = PezConfig()
+
+
+def _auto_restarts() -> str:
+    gpu, cpu = (DEFAULTS.for_device(torch.device(d)).restarts for d in ("cuda", "cpu"))
+    return f"{gpu} on CUDA, {cpu} on CPU"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default="ViT-L-14 · openai",
+    common.add_argument("--model", default=DEFAULT_MODEL,
                         help="preset, bundled model, open_clip architecture or checkpoint path (see `models`)")
     common.add_argument("--pretrained", help="pretrained tag, weights path, or 'none' for random weights")
     common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -32,19 +41,22 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true")
 
     optim = argparse.ArgumentParser(add_help=False)
-    optim.add_argument("--prompt-len", type=int, default=16)
-    optim.add_argument("--steps", type=int, default=3000)
-    optim.add_argument("--restarts", type=int, help="parallel random starts (default: 8 on CUDA, 1 on CPU)")
-    optim.add_argument("--seed", type=int, default=0)
-    optim.add_argument("--lr", type=float, default=0.1)
-    optim.add_argument("--weight-decay", type=float, default=0.1)
-    optim.add_argument("--vocab", default="words", choices=VOCAB_MODES)
+    optim.add_argument("--prompt-len", type=int, default=DEFAULTS.prompt_len,
+                       help=f"prompt length in CLIP tokens, 1 to {MAX_PROMPT_TOKENS} (default %(default)s)")
+    optim.add_argument("--steps", type=int, default=DEFAULTS.steps, help="optimisation steps (default %(default)s)")
+    optim.add_argument("--restarts", type=int, help=f"parallel random starts (default: {_auto_restarts()})")
+    optim.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    optim.add_argument("--lr", type=float, default=DEFAULTS.lr, help="AdamW learning rate (default %(default)s)")
+    optim.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
+    optim.add_argument("--vocab", default=DEFAULTS.vocab, choices=VOCAB_MODES)
     optim.add_argument("--blocklist", help="comma-separated words the prompt must not use")
     optim.add_argument("--allowlist", help="comma-separated word bank: the only words the prompt may use")
-    optim.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
+    optim.add_argument("--lr-schedule", default=DEFAULTS.lr_schedule, choices=LR_SCHEDULES)
     optim.add_argument("--patience", type=int, help="stop after this many steps without improvement")
     optim.add_argument("--negative-text", action="append", default=[], help="text to push away from (repeatable)")
     optim.add_argument("--negative-image", action="append", default=[], type=Path, help="image to push away from")
+    optim.add_argument("--negative-weight", type=float, default=DEFAULT_NEGATIVE_WEIGHT,
+                       help="how hard each negative pushes away (default %(default)s)")
 
     for name, helptext in (("invert", "one prompt per image"), ("style", "one prompt shared by all images")):
         sub = commands.add_parser(name, parents=[common, optim], help=helptext)
@@ -99,7 +111,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     config = PezConfig(prompt_len=args.prompt_len, steps=args.steps, restarts=args.restarts, seed=args.seed,
                        lr=args.lr, weight_decay=args.weight_decay, vocab=args.vocab, blocklist=args.blocklist,
                        allowlist=args.allowlist, lr_schedule=args.lr_schedule, patience=args.patience)
-    negatives = dict(negative_images=_open_images(args.negative_image) or None, negative_texts=args.negative_text)
+    negatives = dict(negative_images=_open_images(args.negative_image) or None, negative_texts=args.negative_text,
+                     negative_weight=args.negative_weight)
     bar = _ProgressBar(args.steps)
     try:
         if args.command == "invert":

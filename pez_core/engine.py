@@ -1,15 +1,22 @@
 """The PEZ optimiser: hard prompts by projected gradient descent (Wen et al., 2023, Algorithm 1).
 
-Each step projects the continuous prompt onto the nearest allowed token embeddings,
-scores the *projected* (hard) prompt, and applies that gradient to the continuous
-prompt (straight-through). Restarts and several problems (e.g. one per image) run as
-one batch. The host is only consulted every ``sync_every`` steps.
+Each step of Algorithm 1, as ``_Run.step`` does it::
+
+    hard = project(soft)                          # nearest allowed token embedding, per position
+    gain = scorer.gains(straight_through(soft, hard))   # the gain is taken at the hard prompt ...
+    soft += AdamW step along grad(gain)           # ... and its gradient moves the soft prompt
+    best = the best hard prompt seen so far
+
+Restarts and several problems (e.g. one per image) run as one batch; the host is only consulted
+every ``sync_every`` steps. What is scored is the scorer's business (``pez_core.objective.ClipScorer``
+for a CLIP); the search — projection, straight-through step, restarts, best tracking, stopping — is
+this module's, for every scorer.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
@@ -19,97 +26,67 @@ import torch.nn.functional as F
 
 from .errors import PezError
 from .models import MAX_PROMPT_TOKENS, PezModel
-from .vocab import allowed_token_ids
+from .objective import ClipScorer, Objective
+from .scorer import Scorer
+from .vocab import VOCAB_MODES
 
 log = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("constant", "cosine")
+MAX_STEPS = 100_000
+MAX_RESTARTS = 64
+LR_RANGE = (0.001, 10.0)
 PROJECTION_SCORES_MAX = 1 << 26  # fp32 scores held at once by the projection (256 MiB)
-# what backward keeps per prompt position, text width and layer, in elements of the model's dtype:
-# measured 10.1 for open_clip's text blocks (tests/test_core.py checks the bound), plus headroom
-ACTIVATION_ELEMENTS = 16
+IMPROVEMENT = 1e-4               # a gain smaller than this does not reset the patience count
 
 
 @dataclass(frozen=True)
 class PezConfig:
+    """Every setting of a PEZ run, with the defaults the nodes, the CLI and the library share."""
     prompt_len: int = 16            # the paper's most transferable length
     steps: int = 3000               # the paper's default
     restarts: int | None = None     # parallel random starts per problem; None: 8 on CUDA, 1 elsewhere
-    lr: float = 0.1
-    weight_decay: float = 0.1
+    lr: float = 0.1                 # the paper's AdamW learning rate
+    weight_decay: float = 0.1       # and weight decay
     seed: int = 0
     vocab: str = "words"
     blocklist: str | Sequence[str] | None = None
     allowlist: str | Sequence[str] | None = None
     lr_schedule: str = "constant"
     patience: int | None = None     # stop once the best has not improved for this many steps
-    sync_every: int = 20            # steps between host syncs (progress, cancel, plateau check)
-    max_batch: int | None = None    # prompts through the text tower at once; None: what half the free memory holds
+    sync_every: int | None = None   # steps between host syncs (progress, cancel, stopping); None: 2 on CPU, 20 on GPU
+    max_batch: int | None = None    # prompts through the model at once; None: what half the free memory holds
 
     def validate(self) -> None:
-        if not isinstance(self.prompt_len, int) or not 1 <= self.prompt_len <= MAX_PROMPT_TOKENS:
-            raise PezError(f"prompt length must be an integer from 1 to {MAX_PROMPT_TOKENS} (CLIP's limit), "
-                           f"got {self.prompt_len!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise PezError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.restarts is not None and (not isinstance(self.restarts, int) or self.restarts < 1):
-            raise PezError(f"restarts must be a positive integer, got {self.restarts!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise PezError(f"learning rate must be a positive number, got {self.lr!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+        _check_int("prompt length", self.prompt_len, 1, MAX_PROMPT_TOKENS, " (CLIP's limit)")
+        _check_int("steps", self.steps, 1, MAX_STEPS)
+        if self.restarts is not None:
+            _check_int("restarts", self.restarts, 1, MAX_RESTARTS)
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr <= LR_RANGE[1]):
+            raise PezError(f"learning rate must be a number above 0 and at most {LR_RANGE[1]}, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
             raise PezError(f"weight decay must be zero or positive, got {self.weight_decay!r}")
+        if self.vocab not in VOCAB_MODES:
+            raise PezError(f"unknown vocabulary mode {self.vocab!r}; choose one of {', '.join(VOCAB_MODES)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise PezError(f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
-        if self.patience is not None and self.patience < 1:
-            raise PezError(f"patience must be a positive number of steps, got {self.patience!r}")
-        if self.sync_every < 1:
-            raise PezError(f"sync_every must be positive, got {self.sync_every!r}")
-        if self.max_batch is not None and (not isinstance(self.max_batch, int) or self.max_batch < 1):
-            raise PezError(f"max_batch must be a positive integer (or None for automatic), got {self.max_batch!r}")
+        for name in ("patience", "sync_every", "max_batch"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1, None)
+
+    def for_device(self, device: torch.device) -> "PezConfig":
+        """The device-dependent settings filled in: a GPU stalls at every host sync and runs restarts nearly
+        for free; on the CPU a sync costs nothing next to a step, so it syncs often (Cancel is seen at once)."""
+        gpu = device.type == "cuda"
+        return dataclasses.replace(self, restarts=self.restarts or (8 if gpu else 1),
+                                   sync_every=self.sync_every or (20 if gpu else 2))
 
 
-@dataclass
-class Objective:
-    """Targets for P problems: unit features (P, T, D) and weights (P, T).
-
-    A negative weight pushes the prompt away from that target. The loss of a prompt is
-    sum_t w_t * (1 - cos_t) / sum_{w_t > 0} w_t, the paper's 1 - cosine for one target.
-    """
-    features: torch.Tensor
-    weights: torch.Tensor
-
-    def __post_init__(self):
-        if self.features.ndim != 3 or self.weights.shape != self.features.shape[:2]:
-            raise PezError("an objective needs features (P, T, D) and weights (P, T)")
-        if not (self.weights > 0).any(dim=1).all():
-            raise PezError("every problem needs at least one target with a positive weight")
-        if not torch.isfinite(self.features).all():
-            raise PezError("the target features contain NaN or infinite values")
-
-    @classmethod
-    def stack(cls, targets: Sequence[Sequence[tuple[torch.Tensor, float]]]) -> "Objective":
-        """One problem per entry, each a list of (feature (D,), weight)."""
-        if not targets:
-            raise PezError("no targets were given")
-        width = max(len(t) for t in targets)
-        dim = targets[0][0][0].shape[-1]
-        feats = torch.zeros(len(targets), width, dim)
-        weights = torch.zeros(len(targets), width)
-        for p, problem in enumerate(targets):
-            for t, (feat, weight) in enumerate(problem):
-                feats[p, t], weights[p, t] = feat.detach().float().cpu(), weight
-        return cls(F.normalize(feats, dim=-1), weights)
-
-    def to(self, device) -> "Objective":
-        return Objective(self.features.to(device), self.weights.to(device))
-
-    def scores(self, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(objective, similarity to the positive targets) for features (P, R, D) → each (P, R)."""
-        cos = torch.einsum("prd,ptd->prt", text_features, self.features)
-        weights = self.weights[:, None, :]
-        positive = weights.clamp(min=0)
-        total = positive.sum(-1)
-        return (weights * cos).sum(-1) / total, (positive * cos).sum(-1) / total
+def _check_int(name: str, value, low: int, high: int | None, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f"from {low} to {high}{why}" if high is not None else f"of at least {low}"
+        raise PezError(f"{name} must be an integer {span}, got {value!r}")
 
 
 @dataclass
@@ -146,7 +123,14 @@ Callback = Callable[[Progress], "bool | None"]
 
 def optimize(model: PezModel, objective: Objective, config: PezConfig | None = None,
              callback: Callback | None = None) -> list[PezResult]:
-    """Find one hard prompt per problem of ``objective``.
+    """Find one hard prompt per problem of ``objective`` on a CLIP (see ``search``)."""
+    config = config or PezConfig()
+    config.validate()
+    return search(ClipScorer(model, objective, config.vocab, config.blocklist, config.allowlist), config, callback)
+
+
+def search(scorer: Scorer, config: PezConfig | None = None, callback: Callback | None = None) -> list[PezResult]:
+    """Find one hard prompt per problem of ``scorer``: the best projection seen, as in the reference.
 
     ``callback`` receives a ``Progress`` every ``sync_every`` steps; returning True stops the run,
     which then returns the best prompts so far. Exceptions raised by the callback propagate.
@@ -155,62 +139,46 @@ def optimize(model: PezModel, objective: Objective, config: PezConfig | None = N
     config.validate()
     # ComfyUI runs nodes under inference_mode; optimisation needs autograd.
     with torch.inference_mode(False), torch.enable_grad():
-        return _Run(model, objective, config).run(callback)
+        return _Run(scorer, config).run(callback)
 
 
-def prompts_that_fit(model: PezModel, prompt_len: int) -> int:
-    """How many prompts the text tower's backward can take at once in half the free memory."""
-    per_prompt = ACTIVATION_ELEMENTS * (prompt_len + 2) * model.text_width * model.text_layers * model.dtype.itemsize
-    return max(1, free_memory(model.device) // 2 // per_prompt)
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device`` now (RAM for the CPU; 4 GiB where it cannot be told)."""
-    if device.type == "cuda":  # what the driver has free plus what torch's cache holds unused
-        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    try:
-        import psutil
-        return psutil.virtual_memory().available
-    except ImportError:
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return 4 << 30
+def straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """``hard`` in the forward pass, the identity towards ``soft`` in the backward pass."""
+    return soft + (hard - soft).detach()
 
 
 class _Run:
     """One optimisation: the state lives in fixed tensors updated in place, so a step can be replayed
     as a CUDA graph (``pez_core.cuda_graph``) as well as run eagerly."""
 
-    def __init__(self, model: PezModel, objective: Objective, config: PezConfig):
-        self.model, self.config = model, config
-        device = model.device
-        self.problems = objective.features.shape[0]
-        self.restarts = config.restarts or (8 if device.type == "cuda" else 1)
-        self.objective = Objective(objective.features.clone().float(), objective.weights.clone().float()).to(device)
-        self.allowed = allowed_token_ids(model.tokenizer, config.vocab, config.blocklist, config.allowlist).to(device)
-        self.table = model.token_embeddings
-        # normalised once per run: projection is then one matmul + argmax on the device
-        self.vocab = F.normalize(self.table[self.allowed].float(), dim=-1)
+    def __init__(self, scorer: Scorer, config: PezConfig):
+        self.scorer, self.device = scorer, scorer.device
+        self.model = getattr(scorer, "model", None)
+        self.config = config = config.for_device(scorer.device)
+        self.problems, self.restarts = scorer.problems, config.restarts
+        self.allowed = scorer.allowed
+        # computed once per run: a projection is then one matmul and an argmax
+        self.projection_keys = scorer.projection_keys()
 
         batch = self.problems * self.restarts
+        self.problem_of_row = torch.arange(self.problems, device=self.device).repeat_interleave(self.restarts)
         generator = torch.Generator().manual_seed(config.seed)
         start = self.allowed.cpu()[torch.randint(len(self.allowed), (batch, config.prompt_len), generator=generator)]
-        self.prompt = self.table[start.to(device)].float().clone().requires_grad_(True)  # the soft prompt P
-        self.prompt.grad = torch.zeros_like(self.prompt)
+        self.soft_prompt = scorer.table[start.to(self.device)].float().clone().requires_grad_(True)
+        self.soft_prompt.grad = torch.zeros_like(self.soft_prompt)
         # the learning rate is a tensor updated in place, so a schedule runs inside a CUDA graph too
-        self.lr = torch.tensor(config.lr, device=device)
-        self.steps_done = torch.zeros((), device=device)
-        self.optimizer = torch.optim.AdamW([self.prompt], lr=self.lr, weight_decay=config.weight_decay,
-                                           capturable=device.type == "cuda")
-        self.best_objective = torch.full((batch,), -math.inf, device=device)
-        self.best_similarity = torch.zeros(batch, device=device)
-        self.best_ids = start.to(device)
-        self.batches = self._batches(config.max_batch or prompts_that_fit(model, config.prompt_len))
+        self.lr = torch.tensor(config.lr, device=self.device)
+        self.steps_done = torch.zeros((), device=self.device)
+        self.optimizer = torch.optim.AdamW([self.soft_prompt], lr=self.lr, weight_decay=config.weight_decay,
+                                           capturable=self.device.type == "cuda")
+        self.best_gain = torch.full((batch,), -math.inf, device=self.device)
+        self.best_similarity = torch.zeros(batch, device=self.device)
+        self.best_ids = start.to(self.device)
+        self.batches = self._batches(config.max_batch or scorer.prompts_that_fit(config.prompt_len))
 
-    def _batches(self, max_prompts: int) -> list[tuple[slice, Objective]]:
-        """Whole problems at a time (all their restarts), at most ``max_prompts`` prompts where possible:
-        (rows of the batch, the objective of those problems). Usually one batch holds everything."""
+    def _batches(self, max_prompts: int) -> list[slice]:
+        """Rows of whole problems (all their restarts), at most ``max_prompts`` prompts where possible.
+        Usually one batch holds everything."""
         per_batch = max(1, max_prompts // self.restarts)
         if per_batch == 1 and self.restarts > max_prompts:
             log.warning("%d restarts exceed the %d prompts that fit in memory at once; trying anyway",
@@ -218,100 +186,119 @@ class _Run:
         if per_batch < self.problems:
             log.info("%d prompts in batches of %d to fit in memory", self.problems * self.restarts,
                      per_batch * self.restarts)
-        batches = []
-        for first in range(0, self.problems, per_batch):
-            last = min(first + per_batch, self.problems)
-            objective = Objective(self.objective.features[first:last], self.objective.weights[first:last])
-            batches.append((slice(first * self.restarts, last * self.restarts), objective))
-        return batches
+        R = self.restarts
+        return [slice(first * R, min(first + per_batch, self.problems) * R)
+                for first in range(0, self.problems, per_batch)]
 
-    def project(self, prompt: torch.Tensor) -> torch.Tensor:
-        """Nearest allowed token (by cosine) for every row of the continuous prompt → ids (B, L)."""
-        queries = F.normalize(prompt, dim=-1).flatten(0, -2)
+    def project(self, soft: torch.Tensor) -> torch.Tensor:
+        """Nearest allowed token (by cosine, unless the scorer says otherwise) for every position → ids (B, L)."""
+        queries = self.scorer.projection_queries(soft).flatten(0, -2)
         # row chunks bound the (rows × vocabulary) score matrix: many images × restarts × tokens stay in memory
         rows = max(1, PROJECTION_SCORES_MAX // len(self.allowed))
-        nearest = torch.cat([(chunk @ self.vocab.T).argmax(dim=-1) for chunk in queries.split(rows)])
-        return self.allowed[nearest].view(prompt.shape[:-1])
+        nearest = torch.cat([(chunk @ self.projection_keys.T).argmax(dim=-1) for chunk in queries.split(rows)])
+        return self.allowed[nearest].view(soft.shape[:-1])
 
     def step(self) -> None:
-        """One PEZ step, in place: project, score the hard prompt, move the soft prompt, track the best."""
-        ids = self.project(self.prompt.detach())
-        hard = self.table[ids].float()
-        self.prompt.grad.zero_()
-        for rows, objective in self.batches:
-            prompt = self.prompt[rows]
-            # straight-through: the loss is taken at the projection, its gradient moves the soft prompt
-            features = self.model.encode_embeddings(prompt + (hard[rows] - prompt).detach())
-            scores, similarity = objective.scores(features.view(-1, self.restarts, features.shape[-1]))
-            (1 - scores).sum().backward()
-            self._track_best(rows, scores.detach().flatten(), similarity.detach().flatten(), ids[rows])
+        """One PEZ step, in place: project, score the hard prompt, move the soft prompt, keep the best."""
+        ids = self.project(self.soft_prompt.detach())
+        self.soft_prompt.grad.zero_()
+        for rows in self.batches:
+            prompt = straight_through(self.soft_prompt[rows], self.scorer.table[ids[rows]].float())
+            gain, similarity = self.scorer.gains(prompt, self.problem_of_row[rows])
+            (-gain).sum().backward()
+            self._keep_best(rows, gain.detach(), similarity.detach(), ids[rows])
         self.optimizer.step()
-        if self.config.lr_schedule == "cosine":  # CosineAnnealingLR(T_max=steps) in closed form
-            self.steps_done += 1
-            self.lr.copy_(self.config.lr * 0.5 * (1 + torch.cos(self.steps_done * (math.pi / self.config.steps))))
+        self._schedule_lr()
 
     @torch.no_grad()
-    def _track_best(self, rows: slice, objective: torch.Tensor, similarity: torch.Tensor, ids: torch.Tensor) -> None:
-        better = objective > self.best_objective[rows]
-        self.best_objective[rows] = torch.where(better, objective, self.best_objective[rows])
+    def _keep_best(self, rows: slice, gain: torch.Tensor, similarity: torch.Tensor, ids: torch.Tensor) -> None:
+        better = gain > self.best_gain[rows]
+        self.best_gain[rows] = torch.where(better, gain, self.best_gain[rows])
         self.best_similarity[rows] = torch.where(better, similarity, self.best_similarity[rows])
         self.best_ids[rows] = torch.where(better[:, None], ids, self.best_ids[rows])
+
+    @torch.no_grad()
+    def _schedule_lr(self) -> None:
+        if self.config.lr_schedule == "cosine":  # CosineAnnealingLR(T_max=steps) in closed form, on the device
+            self.steps_done += 1
+            self.lr.copy_(self.config.lr * 0.5 * (1 + torch.cos(self.steps_done * (math.pi / self.config.steps))))
 
     def run(self, callback: Callback | None) -> list[PezResult]:
         from .cuda_graph import graphed_step
 
-        cfg, model = self.config, self.model
-        P, R, L = self.problems, self.restarts, cfg.prompt_len
         started = time.perf_counter()
-        replay, step = graphed_step(self, cfg.steps)  # may run a few warm-up steps first
-        reported = [-math.inf] * P
-        texts = [""] * P
-        last_gain_step, stopped = 0, False
-        while step < cfg.steps:
-            for _ in range(min(cfg.sync_every - step % cfg.sync_every, cfg.steps - step)):
+        replay, step = graphed_step(self, self.config.steps)  # may run a few warm-up steps first
+        watch = _Watch(self, callback)
+        while step < self.config.steps:
+            for _ in range(min(self.config.sync_every - step % self.config.sync_every, self.config.steps - step)):
                 replay()
                 step += 1
-            per_problem = self.best_objective.view(P, R).max(dim=1)   # the host syncs here only
-            for p, value in enumerate(per_problem.values.tolist()):
-                if value > reported[p] + 1e-4:
-                    last_gain_step = step
-                if value > reported[p]:
-                    reported[p] = value
-                    texts[p] = model.decode(self.best_ids.view(P, R, L)[p, per_problem.indices[p]].tolist())
-            if callback is not None:
-                sims = self.best_similarity.view(P, R).gather(1, per_problem.indices[:, None]).flatten().tolist()
-                if callback(Progress(step, cfg.steps, sims, list(texts))):
-                    stopped = step < cfg.steps
-                    break
-            if cfg.patience is not None and step - last_gain_step >= cfg.patience:
-                log.info("no gain for %d steps: stopping at step %d of %d", cfg.patience, step, cfg.steps)
-                stopped = step < cfg.steps
+            if watch.should_stop(step):
                 break
-        return self.finish(self.best_ids.view(P, R, L), step, time.perf_counter() - started, stopped)
+        return self.finish(step, time.perf_counter() - started, stopped=step < self.config.steps)
 
-    def finish(self, candidates: torch.Tensor, steps: int, seconds: float, stopped: bool) -> list[PezResult]:
-        """Decode every restart's best prompt, re-encode the *strings*, and keep the best string.
+    def best_per_problem(self) -> tuple[list[float], list[float], list[list[int]]]:
+        """(gain, similarity, ids) of each problem's best restart so far; the host syncs here."""
+        P, R = self.problems, self.restarts
+        gain, restart = self.best_gain.view(P, R).max(dim=1)
+        similarity = self.best_similarity.view(P, R).gather(1, restart[:, None]).flatten()
+        ids = self.best_ids.view(P, R, -1)[torch.arange(P, device=self.device), restart]
+        return gain.tolist(), similarity.tolist(), ids.tolist()
+
+    def finish(self, steps: int, seconds: float, stopped: bool) -> list[PezResult]:
+        """Decode every restart's best prompt, score the *strings*, and keep each problem's best string.
 
         Decoding and re-tokenizing can merge or split tokens, so the returned similarity is
         measured on the string a user gets, never on ids it no longer maps to.
         """
-        model = self.model
-        P, R, _ = candidates.shape
-        texts = [model.decode(ids) for ids in candidates.reshape(P * R, -1).tolist()]
-        readable = torch.tensor([bool(model.tokenize(t)) for t in texts])  # whitespace-only decodes are lost
-        if not readable.view(P, R).any(dim=1).all():
+        P, R = self.problems, self.restarts
+        texts = [self.scorer.decode(ids) for ids in self.best_ids.tolist()]
+        readable = [bool(self.scorer.tokenize(t)) for t in texts]  # whitespace-only decodes are lost
+        if not all(any(readable[p * R:(p + 1) * R]) for p in range(P)):
             raise PezError("every prompt found decodes to whitespace; use the 'words' or 'ascii' vocabulary")
-        features = torch.zeros(P * R, self.objective.features.shape[-1], device=model.device)
-        with torch.no_grad():
-            features[readable.to(model.device)] = model.encode_texts([t for t, ok in zip(texts, readable) if ok])
-            objective, similarity = self.objective.scores(features.view(P, R, -1))
-        objective = objective.masked_fill(~readable.view(P, R).to(model.device), -math.inf)
+        gain = torch.full((P * R,), -math.inf)
+        similarity = torch.zeros(P * R)
+        rows = torch.tensor([i for i, ok in enumerate(readable) if ok])
+        scored = self.scorer.score_texts([texts[i] for i in rows.tolist()], self.problem_of_row[rows.to(self.device)])
+        gain[rows], similarity[rows] = scored[0].float().cpu(), scored[1].float().cpu()
         results = []
         for p in range(P):
-            r = int(objective[p].argmax())
-            text = texts[p * R + r]
-            token_ids = model.tokenize(text)
-            if token_ids != candidates[p, r].tolist():
+            best = p * R + int(gain[p * R:(p + 1) * R].argmax())
+            token_ids = self.scorer.tokenize(texts[best])
+            if token_ids != self.best_ids[best].tolist():
                 log.debug("prompt %d re-tokenizes differently; its similarity is that of the string", p)
-            results.append(PezResult(text, float(similarity[p, r]), token_ids, steps, seconds, stopped))
+            results.append(PezResult(texts[best], clamp_similarity(float(similarity[best])), token_ids, steps,
+                                     seconds, stopped))
         return results
+
+
+def clamp_similarity(value: float) -> float:
+    """Cosines are in [-1, 1]; float rounding can put a text scored against itself at 1.0000001."""
+    return min(1.0, max(-1.0, value))
+
+
+class _Watch:
+    """What the run loop does at each host sync: report progress, and decide whether to stop
+    (the callback asked to, or the best has not improved for ``patience`` steps)."""
+
+    def __init__(self, run: _Run, callback: Callback | None):
+        self.run, self.callback = run, callback
+        self.reported = [-math.inf] * run.problems
+        self.texts = [""] * run.problems
+        self.last_gain_step = 0
+
+    def should_stop(self, step: int) -> bool:
+        run, cfg = self.run, self.run.config
+        gains, similarities, ids = run.best_per_problem()
+        for p, value in enumerate(gains):
+            if value > self.reported[p] + IMPROVEMENT:
+                self.last_gain_step = step
+            if value > self.reported[p]:
+                self.reported[p] = value
+                self.texts[p] = run.scorer.decode(ids[p])
+        if self.callback is not None and self.callback(Progress(step, cfg.steps, similarities, list(self.texts))):
+            return True
+        if cfg.patience is not None and step - self.last_gain_step >= cfg.patience:
+            log.info("no gain for %d steps: stopping at step %d of %d", cfg.patience, step, cfg.steps)
+            return True
+        return False

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .errors import ModelLoadError, PezError, WeightsNotAvailableError
 from .images import preprocess
@@ -44,6 +45,7 @@ PRESETS: dict[str, Preset] = {
     "ViT-bigG-14 · laion2b_s39b_b160k": Preset("ViT-bigG-14", "laion2b_s39b_b160k", "SDXL's G encoder"),
     "ViT-B-32 · laion2b_s34b_b79k": Preset("ViT-B-32", "laion2b_s34b_b79k", "fast, for drafts"),
 }
+DEFAULT_MODEL = "ViT-L-14 · openai"
 BUNDLED_DESCRIPTIONS = {
     "shapes-demo": "demo model trained here; it only knows coloured shapes (works offline)",
 }
@@ -113,8 +115,8 @@ class PezModel:
         cfg = clip.visual.preprocess_cfg if hasattr(clip.visual, "preprocess_cfg") else {}
         size = cfg.get("size", getattr(clip.visual, "image_size", 224))
         self.image_size = size if isinstance(size, int) else size[0]
-        self.image_mean = tuple(cfg.get("mean", getattr(clip.visual, "image_mean", (0.48145466, 0.4578275, 0.40821073))))
-        self.image_std = tuple(cfg.get("std", getattr(clip.visual, "image_std", (0.26862954, 0.26130258, 0.27577711))))
+        self.image_mean = tuple(cfg.get("mean", getattr(clip.visual, "image_mean", None) or OPENAI_DATASET_MEAN))
+        self.image_std = tuple(cfg.get("std", getattr(clip.visual, "image_std", None) or OPENAI_DATASET_STD))
         clip.to(dtype)
         self._place_text_tower(device)
         self._vision_device = torch.device("cpu") if device.type == "cuda" else device
@@ -237,18 +239,30 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def load_model(name: str = "ViT-L-14 · openai", pretrained: str | None = None,
+@dataclass(frozen=True)
+class _Source:
+    """What to build: an open_clip architecture (or a custom config) and where its weights are."""
+    arch: str
+    quick_gelu: bool = False        # OpenAI's weights were trained with QuickGELU
+    config: dict | None = None      # a custom open_clip model config (a checkpoint's JSON)
+    weights: Path | None = None     # None: random weights
+
+    def key(self) -> tuple:
+        return self.arch, self.quick_gelu, json.dumps(self.config, sort_keys=True), str(self.weights)
+
+
+def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = None,
                device: str | torch.device = "auto", precision: str = "auto") -> PezModel:
     """Load (or fetch from the cache) a model for PEZ. See the module docstring for ``name``."""
     device = resolve_device(device)
     dtype = resolve_dtype(precision, device)
-    arch, config, weights = _resolve(name, pretrained)
-    key = (arch, json.dumps(config, sort_keys=True) if config else None, str(weights), str(device), dtype)
+    source = _resolve(name, pretrained)
+    key = (*source.key(), str(device), dtype)
     # weights made under inference_mode (ComfyUI runs nodes so) could never take part in a backward pass
     with _CACHE_LOCK, torch.inference_mode(False):
         if key not in _CACHE:
-            _CACHE[key] = PezModel(_build(arch, config, weights), name, device, dtype)
-            log.info("loaded %s (%s) on %s as %s", name, weights, device, dtype)
+            _CACHE[key] = PezModel(_build(source), name, device, dtype)
+            log.info("loaded %s (%s) on %s as %s", name, source.weights, device, dtype)
         return _CACHE[key]
 
 
@@ -256,16 +270,14 @@ def _known_names() -> str:
     return ", ".join([*PRESETS, *bundled_models()])
 
 
-def _resolve(name: str, pretrained: str | None) -> tuple[str, dict | None, str | Path | None]:
-    """(architecture name, custom open_clip config or None, weights: path, 'tag:<t>' or None)."""
+def _resolve(name: str, pretrained: str | None) -> _Source:
     import open_clip
 
     if not isinstance(name, str) or not name.strip():
         raise PezError(f"no model name given; use one of: {_known_names()}")
     name = name.strip()
     if name in PRESETS and pretrained is None:
-        preset = PRESETS[name]
-        return _with_activation(preset.arch, preset.pretrained), None, _tag_weights(preset.arch, preset.pretrained)
+        return _pretrained(PRESETS[name].arch, PRESETS[name].pretrained)
     bundled = bundled_models()
     if name in bundled:
         return _from_checkpoint(bundled[name])
@@ -276,33 +288,30 @@ def _resolve(name: str, pretrained: str | None) -> tuple[str, dict | None, str |
     if name not in open_clip.list_models():
         raise PezError(f"unknown model {name!r}; use one of: {_known_names()}, a checkpoint path, "
                        "or an open_clip architecture name (open_clip.list_models())")
+    tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained is None:
-        default = next((p.pretrained for p in PRESETS.values() if p.arch == name), None)
-        if default is None:
-            raise PezError(f"model {name} needs pretrained weights: a tag "
-                           f"({', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none known'}), "
+        pretrained = next((p.pretrained for p in PRESETS.values() if p.arch == name), None)
+        if pretrained is None:
+            raise PezError(f"model {name} needs pretrained weights: a tag ({', '.join(tags) or 'none known'}), "
                            "a file path, or 'none' for random weights")
-        pretrained = default
     if pretrained.lower() == "none":
         log.warning("%s with random weights: only for tests and benchmarks, its prompts mean nothing", name)
-        return name, None, None
+        return _Source(name)
     if Path(pretrained).is_file():
-        return name, None, Path(pretrained)
-    if pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        return _Source(name, weights=Path(pretrained))
+    if pretrained not in tags:
         raise PezError(f"{pretrained!r} is neither a file nor a pretrained tag of {name}; known tags: "
-                       f"{', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'}")
-    return _with_activation(name, pretrained), None, _tag_weights(name, pretrained)
+                       f"{', '.join(tags) or 'none'}")
+    return _pretrained(name, pretrained)
 
 
-def _with_activation(arch: str, tag: str) -> str:
-    """OpenAI's weights were trained with QuickGELU; the tag's config says so."""
+def _pretrained(arch: str, tag: str) -> _Source:
     from open_clip.pretrained import get_pretrained_cfg
 
-    quick = get_pretrained_cfg(arch, tag).get("quick_gelu", False)
-    return arch + "-quickgelu" if quick and not arch.endswith("-quickgelu") else arch
+    return _Source(arch, get_pretrained_cfg(arch, tag).get("quick_gelu", False), weights=_tag_weights(arch, tag))
 
 
-def _from_checkpoint(path: Path) -> tuple[str, dict | None, Path]:
+def _from_checkpoint(path: Path) -> _Source:
     """A checkpoint file with its architecture: a config JSON beside it, or a known name prefix."""
     import open_clip
 
@@ -312,11 +321,10 @@ def _from_checkpoint(path: Path) -> tuple[str, dict | None, Path]:
             config = json.loads(config_file.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ModelLoadError(f"cannot read the model config {config_file}: {e}") from e
-        if "embed_dim" in config:
-            return path.stem, config, path
-        if config.get("arch") in open_clip.list_models():
-            arch = config["arch"] + ("-quickgelu" if config.get("quick_gelu") else "")
-            return arch, None, path
+        if isinstance(config, dict) and "embed_dim" in config:
+            return _Source(path.stem, bool(config.get("quick_gelu")), config, path)
+        if isinstance(config, dict) and config.get("arch") in open_clip.list_models():
+            return _Source(config["arch"], bool(config.get("quick_gelu")), weights=path)
         raise ModelLoadError(f"{config_file} must be an open_clip model config (with embed_dim) "
                              'or name an architecture, e.g. {"arch": "ViT-L-14", "quick_gelu": true}')
     arches = sorted((a for a in open_clip.list_models() if path.stem.startswith(a)), key=len)
@@ -325,9 +333,7 @@ def _from_checkpoint(path: Path) -> tuple[str, dict | None, Path]:
                              f"(e.g. ViT-L-14-openai.safetensors) or put {config_file.name} beside it, "
                              'e.g. {"arch": "ViT-L-14", "quick_gelu": true}')
     arch = arches[-1]
-    if "openai" in path.stem and not arch.endswith("quickgelu"):
-        arch += "-quickgelu"  # OpenAI's weights were trained with QuickGELU
-    return arch, None, path
+    return _Source(arch, "openai" in path.stem, weights=path)  # OpenAI's weights were trained with QuickGELU
 
 
 def _offline() -> bool:
@@ -380,29 +386,29 @@ def _read_state_dict(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _build(arch: str, config: dict | None, weights: Path | None):
+def _build(source: _Source):
     import open_clip
     from open_clip.model import CLIP
 
     try:
-        if config is not None:
-            clip = CLIP(**{k: v for k, v in config.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")})
+        if source.config is not None:
+            fields = {k: v for k, v in source.config.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}
+            clip = CLIP(**fields, quick_gelu=source.quick_gelu)
         else:
-            base = arch.removesuffix("-quickgelu")
-            clip = open_clip.create_model(base, load_weights=False, force_quick_gelu=base != arch)
+            clip = open_clip.create_model(source.arch, load_weights=False, force_quick_gelu=source.quick_gelu)
     except Exception as e:
-        raise ModelLoadError(f"cannot build the model {arch}: {e}") from e
-    if weights is None:
+        raise ModelLoadError(f"cannot build the model {source.arch}: {e}") from e
+    if source.weights is None:
         return clip
-    state = _read_state_dict(Path(weights))
+    state = _read_state_dict(source.weights)
     try:
         missing, unexpected = clip.load_state_dict(state, strict=False)
     except RuntimeError as e:
-        raise ModelLoadError(f"the checkpoint {weights} does not fit {arch}: {e}") from e
+        raise ModelLoadError(f"the checkpoint {source.weights} does not fit {source.arch}: {e}") from e
     missing = [k for k in missing if "attn_mask" not in k]
     if missing:
-        raise ModelLoadError(f"the checkpoint {weights} does not fit {arch}: missing {', '.join(missing[:5])}"
-                             + ("…" if len(missing) > 5 else ""))
+        raise ModelLoadError(f"the checkpoint {source.weights} does not fit {source.arch}: missing "
+                             f"{', '.join(missing[:5])}" + ("…" if len(missing) > 5 else ""))
     if unexpected:
-        log.debug("ignored %d unexpected keys in %s", len(unexpected), weights)
+        log.debug("ignored %d unexpected keys in %s", len(unexpected), source.weights)
     return clip

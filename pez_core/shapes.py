@@ -1,7 +1,9 @@
 """A tiny procedural "shapes world": 64x64 images of coloured shapes with captions.
 
-It is used to train the bundled demo CLIP (``training/train_shapes_clip.py``) and to test
-meaning offline. Every attribute word is a single CLIP BPE token. Pure PIL/numpy.
+The bundled demo CLIP (``shapes-demo``) knows only this world, so the library that ships the model
+ships its world too: anyone can draw images the demo model understands. The training script
+(``training/train_shapes_clip.py``), the tests and the quality benchmark use it to test meaning
+offline. Every attribute word is a single CLIP BPE token. Pure PIL/numpy; the engine never imports it.
 """
 
 from __future__ import annotations

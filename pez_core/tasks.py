@@ -1,20 +1,22 @@
 """What users ask PEZ for: invert images, find a shared style, distill a text, score prompts."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
 
-from .engine import Callback, Objective, PezConfig, PezResult, optimize
+from .engine import Callback, PezConfig, PezResult, optimize
 from .errors import PezError
 from .images import split_batch
 from .models import MAX_PROMPT_TOKENS, PezModel
+from .objective import Objective
 
-DEFAULT_NEGATIVE_WEIGHT = 0.5
+DEFAULT_NEGATIVE_WEIGHT = 0.5  # how hard each negative image or text pushes the prompt away
 
 
 def _negatives(model: PezModel, images, texts, weight: float) -> list[tuple[torch.Tensor, float]]:
-    if weight < 0:
+    if not weight >= 0:
         raise PezError(f"negative_weight is how hard negatives push away; give a value >= 0, got {weight}")
     feats = []
     if images is not None and len(split_batch(images)):
@@ -26,15 +28,20 @@ def _negatives(model: PezModel, images, texts, weight: float) -> list[tuple[torc
     return [(f, -weight) for f in feats]
 
 
+def _image_features(model: PezModel, images) -> torch.Tensor:
+    images = split_batch(images)
+    if not images:
+        raise PezError("no images were given; connect at least one image")
+    return model.encode_images(images)
+
+
 def invert(model: PezModel, images, config: PezConfig | None = None, *, negative_images=None,
            negative_texts: str | Sequence[str] | None = None, negative_weight: float = DEFAULT_NEGATIVE_WEIGHT,
            callback: Callback | None = None) -> list[PezResult]:
     """One prompt per image; all images are optimised together in one batch."""
-    images = split_batch(images)
-    if not images:
-        raise PezError("no images were given; connect at least one image")
+    feats = _image_features(model, images)
     negatives = _negatives(model, negative_images, negative_texts, negative_weight)
-    targets = [[(feat, 1.0), *negatives] for feat in model.encode_images(images)]
+    targets = [[(feat, 1.0), *negatives] for feat in feats]
     return optimize(model, Objective.stack(targets), config, callback)
 
 
@@ -42,10 +49,7 @@ def style(model: PezModel, images, config: PezConfig | None = None, *, negative_
           negative_texts: str | Sequence[str] | None = None, negative_weight: float = DEFAULT_NEGATIVE_WEIGHT,
           callback: Callback | None = None) -> PezResult:
     """One prompt for all images jointly: what they share (their style, their subject)."""
-    images = split_batch(images)
-    if not images:
-        raise PezError("no images were given; connect at least one image")
-    feats = model.encode_images(images)
+    feats = _image_features(model, images)
     negatives = _negatives(model, negative_images, negative_texts, negative_weight)
     targets = [[(feat, 1.0 / len(feats)) for feat in feats] + negatives]
     return optimize(model, Objective.stack(targets), config, callback)[0]
@@ -65,14 +69,14 @@ def distill(model: PezModel, text: str, config: PezConfig | None = None, *, rati
         raise PezError("the prompt to distill is empty; give it some words")
     config = config or PezConfig()
     if ratio is not None:
-        config = PezConfig(**{**config.__dict__, "prompt_len": distill_length(model, text, ratio)})
+        config = dataclasses.replace(config, prompt_len=distill_length(model, text, ratio))
     target = model.encode_texts([text])[0]
     return optimize(model, Objective.stack([[(target, 1.0)]]), config, callback)[0]
 
 
 def score(model: PezModel, texts: str | Sequence[str], images=None,
           other_texts: str | Sequence[str] | None = None) -> torch.Tensor:
-    """Cosine similarity (n_texts, n_targets) of texts to images and/or other texts."""
+    """Cosine similarity (n_texts, n_targets) of texts to images and/or other texts, in [-1, 1]."""
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise PezError("no text to score was given")
@@ -85,4 +89,4 @@ def score(model: PezModel, texts: str | Sequence[str], images=None,
     if not targets:
         raise PezError("nothing to score against: give images or other texts")
     with torch.no_grad():
-        return (model.encode_texts(texts) @ torch.cat(targets).T).cpu()
+        return (model.encode_texts(texts) @ torch.cat(targets).T).clamp(-1, 1).cpu()

@@ -29,9 +29,14 @@ def token_text(tokenizer, token_id: int) -> str:
     return text + ("</w>" if end else "")
 
 
+def special_ids(tokenizer) -> set[int]:
+    """Ids a prompt never holds: start/end of text and open_clip's padding id 0."""
+    return set(tokenizer.all_special_ids) | {0}
+
+
 @lru_cache(maxsize=4)
 def _mode_ids(tokenizer, mode: str) -> tuple[int, ...]:
-    specials = set(tokenizer.all_special_ids) | {0}  # id 0 is open_clip's padding
+    specials = special_ids(tokenizer)
     keep = []
     for token_id in range(len(tokenizer.decoder)):
         if token_id in specials:
@@ -70,8 +75,7 @@ def allowed_token_ids(tokenizer, mode: str = "words", blocklist=None, allowlist=
         raise PezError(f"unknown vocabulary mode {mode!r}; choose one of {', '.join(VOCAB_MODES)}")
     bank = parse_words(allowlist)
     if bank:
-        specials = set(tokenizer.all_special_ids) | {0}
-        allowed = tokens_of(tokenizer, bank) - specials
+        allowed = tokens_of(tokenizer, bank) - special_ids(tokenizer)
     else:
         allowed = set(_mode_ids(tokenizer, mode))
     allowed -= tokens_of(tokenizer, parse_words(blocklist))

@@ -22,7 +22,7 @@ REPO = TESTS.parent
 # `nodes` module if the root were importable (as `python -m pytest` makes it): tests get pez_core from
 # the (editable) install and their helpers from tests/ and scripts/, never the root itself.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
-sys.path[:0] = [str(TESTS), str(REPO / "scripts")]  # `import helpers`, `import comfy_harness`
+sys.path[:0] = [str(TESTS), str(REPO / "scripts"), str(REPO / "benchmarks")]  # helpers, comfy_harness, quality
 from comfy_harness import COMFY_DIR, ComfyServer  # noqa: E402
 from helpers import DEMO_IMAGE, TEST_IMAGES, TINY_MODEL, png_bytes, write_tiny_checkpoint  # noqa: E402
 

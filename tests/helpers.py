@@ -88,15 +88,22 @@ def planted_problem(model, length: int, seed: int):
     return pez_core.Objective.stack([[(target, 1.0)]]), random_best
 
 
-def kept_for_backward(model, prompt_len: int, restarts: int = 4) -> float:
-    """Elements autograd keeps for one step's backward, per prompt, position, text width and layer."""
+def clip_run(model, objective, config):
+    """The engine's run object for a CLIP objective, to drive step by step."""
     import pez_core
     from pez_core import engine
 
+    return engine._Run(pez_core.ClipScorer(model, objective, config.vocab, config.blocklist, config.allowlist), config)
+
+
+def kept_for_backward(model, prompt_len: int, restarts: int = 4) -> float:
+    """Elements autograd keeps for one step's backward, per prompt, position, text width and layer."""
+    import pez_core
+
     weights = {t.untyped_storage().data_ptr() for t in [*model.clip.parameters(), *model.clip.buffers()]}
     target = model.encode_texts(["a red circle"])[0]
-    run = engine._Run(model, pez_core.Objective.stack([[(target, 1.0)]]),
-                      pez_core.PezConfig(restarts=restarts, prompt_len=prompt_len))
+    run = clip_run(model, pez_core.Objective.stack([[(target, 1.0)]]),
+                   pez_core.PezConfig(restarts=restarts, prompt_len=prompt_len))
     kept: dict[int, int] = {}
 
     def keep(t):

@@ -7,8 +7,10 @@ import torch
 
 import pez_core
 from pez_core import Objective, PezConfig, PezError
+from pez_core import objective as objective_module
+from pez_core.objective import ACTIVATION_ELEMENTS
 from pez_core.vocab import token_text
-from helpers import encode_text_reference, kept_for_backward, planted_problem, write_tiny_checkpoint
+from helpers import clip_run, encode_text_reference, kept_for_backward, planted_problem, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,7 @@ def test_encode_texts_matches_open_clip_tokenizer(model):
 
 
 def test_projection_picks_nearest_allowed_token(model):
-    from pez_core.engine import _Run
-    run = _Run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(vocab="words", blocklist="dog"))
+    run = clip_run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(vocab="words", blocklist="dog"))
     table = model.token_embeddings
     # a point next to a banned token ("dog") must land on an allowed one, its nearest by cosine
     dog = model.tokenize("dog")[0]
@@ -48,7 +49,7 @@ def test_projection_picks_nearest_allowed_token(model):
 
 def test_projection_in_row_chunks_is_exact(model, monkeypatch):
     from pez_core import engine
-    run = engine._Run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(vocab="full"))
+    run = clip_run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(vocab="full"))
     queries = torch.randn(3, 7, model.token_embeddings.shape[1], generator=torch.Generator().manual_seed(2))
     whole = run.project(queries)
     monkeypatch.setattr(engine, "PROJECTION_SCORES_MAX", 2 * len(run.allowed))  # 2 rows per chunk
@@ -57,10 +58,9 @@ def test_projection_in_row_chunks_is_exact(model, monkeypatch):
 
 def test_cosine_schedule_is_torchs_cosine_annealing(model):
     """The in-place (CUDA-graph-safe) cosine schedule moves the prompt exactly as CosineAnnealingLR does."""
-    from pez_core.engine import _Run
     objective = Objective.stack([[(torch.randn(32, generator=torch.Generator().manual_seed(5)), 1.0)]])
-    ours = _Run(model, objective, PezConfig(steps=12, lr_schedule="cosine"))
-    torchs = _Run(model, objective, PezConfig(steps=12))
+    ours = clip_run(model, objective, PezConfig(steps=12, lr_schedule="cosine"))
+    torchs = clip_run(model, objective, PezConfig(steps=12))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(torchs.optimizer, T_max=12)
     lrs = []
     with torch.enable_grad():
@@ -71,20 +71,19 @@ def test_cosine_schedule_is_torchs_cosine_annealing(model):
             lrs.append(float(ours.lr))
             assert float(ours.lr) == pytest.approx(float(torchs.optimizer.param_groups[0]["lr"]), abs=1e-6)
     assert lrs[0] < 0.1 and lrs[-1] == pytest.approx(0, abs=1e-7) and lrs == sorted(lrs, reverse=True)
-    assert torch.allclose(ours.prompt, torchs.prompt, atol=1e-5)
+    assert torch.allclose(ours.soft_prompt, torchs.soft_prompt, atol=1e-5)
 
 
 def test_small_batches_find_the_same_prompts(model, monkeypatch):
     """Problems go through the text tower a few at a time when memory is short: same prompts, same starts."""
-    from pez_core import engine
     g = torch.Generator().manual_seed(4)
     objective = Objective.stack([[(torch.randn(32, generator=g), 1.0)] for _ in range(3)])
     config = PezConfig(steps=40, restarts=2, prompt_len=6, seed=1)
     whole = pez_core.optimize(model, objective, config)
-    assert len(engine._Run(model, objective, config).batches) == 1
-    per_prompt = engine.ACTIVATION_ELEMENTS * (6 + 2) * model.text_width * model.text_layers * 4
-    monkeypatch.setattr(engine, "free_memory", lambda device: 2 * 2 * per_prompt)  # half of it: 2 prompts
-    assert [rows for rows, _ in engine._Run(model, objective, config).batches] == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    assert len(clip_run(model, objective, config).batches) == 1
+    per_prompt = ACTIVATION_ELEMENTS * (6 + 2) * model.text_width * model.text_layers * 4
+    monkeypatch.setattr(objective_module, "free_memory", lambda device: 2 * 2 * per_prompt)  # half of it: 2 prompts
+    assert clip_run(model, objective, config).batches == [slice(0, 2), slice(2, 4), slice(4, 6)]
     split = pez_core.optimize(model, objective, config)
     assert [r.token_ids for r in split] == [r.token_ids for r in whole]
     assert [r.similarity for r in split] == pytest.approx([r.similarity for r in whole], abs=1e-5)
@@ -92,9 +91,8 @@ def test_small_batches_find_the_same_prompts(model, monkeypatch):
 
 def test_activation_budget_bounds_what_backward_keeps(model):
     """prompts_that_fit assumes backward keeps ACTIVATION_ELEMENTS per position, width and layer at most."""
-    from pez_core import engine
     for length in (4, 16, 75):
-        assert engine.ACTIVATION_ELEMENTS / 2 < kept_for_backward(model, length) <= engine.ACTIVATION_ELEMENTS
+        assert ACTIVATION_ELEMENTS / 2 < kept_for_backward(model, length) <= ACTIVATION_ELEMENTS
 
 
 def test_max_batch_is_validated():
@@ -187,9 +185,12 @@ def test_invert_batch_one_prompt_per_image_and_style(model):
     rng = np.random.default_rng(4)
     batch = torch.from_numpy(rng.random((3, 40, 24, 3))).float()  # ComfyUI layout (B, H, W, C)
     results = pez_core.invert(model, batch, PezConfig(prompt_len=4, steps=10))
-    assert len(results) == 3 and all(r.prompt for r in results)
+    assert len(results) == 3
+    # each prompt is scored against its own image (not the batch's first, nor the mean)
+    own = [float(pez_core.score(model, r.prompt, [image])[0, 0]) for r, image in zip(results, batch)]
+    assert [r.similarity for r in results] == pytest.approx(own, abs=1e-5)
     shared = pez_core.style(model, list(batch), PezConfig(prompt_len=4, steps=10))
-    assert shared.prompt and -1 <= shared.similarity <= 1
+    assert shared.similarity == pytest.approx(float(pez_core.score(model, shared.prompt, batch).mean()), abs=1e-5)
 
 
 def test_progress_callback_and_stop(model):
@@ -246,16 +247,18 @@ def test_bad_input_is_a_clear_error(model, call, message):
 
 
 def test_distill_ratio_sets_length(model):
-    text = "a large red circle on the left of a gray background"
-    result = pez_core.distill(model, text, PezConfig(steps=5), ratio=0.5)
-    assert pez_core.tasks.distill_length(model, text, 0.5) == round(0.5 * len(model.tokenize(text)))
-    assert len(result.token_ids) >= 1
+    text = "a large red circle on the left of a gray background"   # 11 CLIP tokens
+    bank = "red, green, circle, square, large, small, left, gray"  # whole words: ids survive decoding
+    assert len(model.tokenize(text)) == 11
+    for ratio, length in ((0.5, 6), (0.1, 1), (1.0, 11)):
+        result = pez_core.distill(model, text, PezConfig(steps=4, allowlist=bank), ratio=ratio)
+        assert len(result.token_ids) == length, (ratio, result.prompt)
+    assert pez_core.tasks.distill_length(model, "red " * 200, 0.7) == 75  # never past CLIP's limit
 
 
 def test_cuda_graph_falls_back_to_eager_off_cuda_and_says_why(model, caplog):
     from pez_core import cuda_graph
-    from pez_core.engine import _Run
-    run = _Run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(steps=50))
+    run = clip_run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(steps=50))
     with caplog.at_level("DEBUG", logger="pez_core.cuda_graph"):
         step, done = cuda_graph.graphed_step(run, 50)
     assert step == run.step and done == 0

@@ -8,6 +8,7 @@ import torch
 
 import pez_core
 from pez_core import PezConfig, cuda_graph
+from pez_core.objective import ACTIVATION_ELEMENTS
 from helpers import encode_text_reference, kept_for_backward, planted_problem
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -76,5 +77,4 @@ def test_offload_frees_the_gpu_and_the_next_run_brings_the_tower_back(model):
 
 
 def test_activation_budget_holds_on_the_device(model):
-    from pez_core import engine
-    assert kept_for_backward(model, 16) <= engine.ACTIVATION_ELEMENTS
+    assert kept_for_backward(model, 16) <= ACTIVATION_ELEMENTS

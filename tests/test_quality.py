@@ -13,7 +13,7 @@ import pytest
 
 import pez_core
 from pez_core import PezConfig, shapes
-from benchmarks.quality import WORLD_WORDS, match_single
+from quality import WORLD_WORDS, match_single
 from pez_core.models import bundled_models
 
 HELD_OUT_SEED = 424_242  # training draws from seeds [0, step], its evaluation from 12345

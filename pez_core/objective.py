@@ -1,0 +1,120 @@
+"""What PEZ maximises on a CLIP: the cosine of a prompt's text feature to target features.
+
+``Objective`` holds the targets (image or text features, with weights); ``ClipScorer`` gives the
+engine (``pez_core.engine``) everything it needs of one CLIP: its token table, the allowed tokens,
+and the gain of prompts given as embeddings (in the search) or as strings (when choosing the result).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import PezError
+from .models import PezModel
+from .scorer import Scorer
+from .vocab import allowed_token_ids
+
+# what backward keeps per prompt position, text width and layer, in elements of the model's dtype:
+# measured 10.1 for open_clip's text blocks (tests/test_core.py checks the bound), plus headroom
+ACTIVATION_ELEMENTS = 16
+
+
+@dataclass
+class Objective:
+    """Targets for P problems: unit features (P, T, D) and weights (P, T).
+
+    A negative weight pushes the prompt away from that target. The gain of a prompt is
+    sum_t w_t * cos_t / sum_{w_t > 0} w_t: one minus the paper's loss 1 - cosine for one target.
+    """
+    features: torch.Tensor
+    weights: torch.Tensor
+
+    def __post_init__(self):
+        if self.features.ndim != 3 or self.weights.shape != self.features.shape[:2]:
+            raise PezError("an objective needs features (P, T, D) and weights (P, T)")
+        if not (self.weights > 0).any(dim=1).all():
+            raise PezError("every problem needs at least one target with a positive weight")
+        if not torch.isfinite(self.features).all():
+            raise PezError("the target features contain NaN or infinite values")
+
+    @classmethod
+    def stack(cls, targets: Sequence[Sequence[tuple[torch.Tensor, float]]]) -> "Objective":
+        """One problem per entry, each a list of (feature (D,), weight)."""
+        if not targets:
+            raise PezError("no targets were given")
+        width = max(len(t) for t in targets)
+        dim = targets[0][0][0].shape[-1]
+        feats = torch.zeros(len(targets), width, dim)
+        weights = torch.zeros(len(targets), width)
+        for p, problem in enumerate(targets):
+            for t, (feat, weight) in enumerate(problem):
+                feats[p, t], weights[p, t] = feat.detach().float().cpu(), weight
+        return cls(F.normalize(feats, dim=-1), weights)
+
+    @property
+    def problems(self) -> int:
+        return self.features.shape[0]
+
+    def to(self, device) -> "Objective":
+        return Objective(self.features.to(device), self.weights.to(device))
+
+    def scores(self, text_features: torch.Tensor, problems: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gain, similarity to the positive targets), each (N,), of text features (N, D) for their problems (N,)."""
+        cos = torch.einsum("nd,ntd->nt", text_features, self.features[problems])
+        weights = self.weights[problems]
+        positive = weights.clamp(min=0)
+        total = positive.sum(-1)
+        return (weights * cos).sum(-1) / total, (positive * cos).sum(-1) / total
+
+
+class ClipScorer(Scorer):
+    """PEZ against one CLIP text tower: a prompt's gain is its weighted cosine to its problem's targets."""
+
+    def __init__(self, model: PezModel, objective: Objective, vocab: str = "words", blocklist=None, allowlist=None):
+        self.model, self.device = model, model.device
+        self.objective = Objective(objective.features.float(), objective.weights.float()).to(model.device)
+        self.problems = objective.problems
+        self.allowed = allowed_token_ids(model.tokenizer, vocab, blocklist, allowlist).to(model.device)
+
+    @property
+    def table(self) -> torch.Tensor:
+        return self.model.token_embeddings
+
+    def gains(self, prompts: torch.Tensor, problems: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gain, similarity), each (N,), of prompt embeddings (N, L, D) for their problems (N,)."""
+        return self.objective.scores(self.model.encode_embeddings(prompts), problems)
+
+    @torch.no_grad()
+    def score_texts(self, texts: Sequence[str], problems: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same for strings, encoded as any CLIP text encoder reads them."""
+        return self.objective.scores(self.model.encode_texts(texts), problems.to(self.device))
+
+    def prompts_that_fit(self, prompt_len: int) -> int:
+        """How many prompts the text tower's backward can take at once in half the free memory."""
+        model = self.model
+        per_prompt = ACTIVATION_ELEMENTS * (prompt_len + 2) * model.text_width * model.text_layers * model.dtype.itemsize
+        return max(1, free_memory(model.device) // 2 // per_prompt)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.model.decode(ids)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.model.tokenize(text)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now (RAM for the CPU; 4 GiB where it cannot be told)."""
+    if device.type == "cuda":  # what the driver has free plus what torch's cache holds unused
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        import psutil
+        return psutil.virtual_memory().available
+    except ImportError:
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 4 << 30
