@@ -32,8 +32,10 @@ serve: venv comfyui
 bench: venv
 	$(PY) benchmarks/speed.py
 
-# the wheels benchmarks/gpu_check.sh needs on the GPU machine (which has torch but no open_clip)
+# the wheels benchmarks/gpu_check.sh needs on the GPU machine (which has torch but no open_clip); a fresh
+# folder, so it never holds two versions of one wheel (gpu_check.sh refuses that)
 gpu-wheels:
+	rm -rf .whl
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux2014_x86_64 -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.2.14
 

@@ -153,7 +153,6 @@ class _Run:
 
     def __init__(self, scorer: Scorer, config: PezConfig):
         self.scorer, self.device = scorer, scorer.device
-        self.model = getattr(scorer, "model", None)
         self.config = config = config.for_device(scorer.device)
         self.problems, self.restarts = scorer.problems, config.restarts
         self.allowed = scorer.allowed

@@ -2,6 +2,8 @@
 scarce GPU run. These check the scripts and their arithmetic, not the speed."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -19,16 +21,25 @@ def checkpoint(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("bench"))
 
 
-def run_script(*args: str) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def run_script(*args: str, env: dict | None = None, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    if ok:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
-def test_gpu_benchmark_script_runs_and_its_ratios_add_up(checkpoint):
-    out = run_script("benchmarks/gpu.py", "--device", "cpu", "--precision", "fp32", "--quick",
-                     "--full-steps", "12", "--reference-steps", "3", "--models", str(checkpoint))
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+QUICK = ("benchmarks/gpu.py", "--device", "cpu", "--precision", "fp32", "--quick", "--full-steps", "12",
+         "--reference-steps", "3")
+
+
+def test_gpu_benchmark_script_runs_and_its_ratios_add_up(checkpoint, tmp_path):
+    results = tmp_path / "results.jsonl"
+    out = run_script(*QUICK, "--models", str(checkpoint), "--results", str(results)).stdout
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| reference") or line.startswith("| engine")]
     assert len(rows) == 5, out
     reference_ms = float(rows[0][1])
@@ -36,19 +47,97 @@ def test_gpu_benchmark_script_runs_and_its_ratios_add_up(checkpoint):
         ms, ratio, similarity = float(cells[1]), float(cells[3].strip().rstrip("x")), float(cells[7])
         assert ms > 0 and 0 < similarity <= 1
         assert ratio == pytest.approx(reference_ms / ms, rel=0.06, abs=0.06)
-    assert "runs eagerly" in rows[2][0]  # off CUDA no row may claim a graph was replayed
+    assert rows[1][8].strip() == "eager (device is cpu)"  # off CUDA no row may claim a graph was replayed
     assert re.search(r"12 steps, 1 restart, one whole run: \*\*[\d.]+ s\*\*", out)
     assert re.search(r"2 restarts / 1: [\d.]+x; 3 restarts / 1: [\d.]+x", out)
+    # the same figures, one JSON line each, in the order they were measured
+    lines = records(results)
+    assert lines[0]["kind"] == "run" and lines[0]["device"].startswith("CPU")
+    cases = [r for r in lines if r["kind"] == "case" and r["case"] != "load"]
+    assert [r["case"] for r in cases] == [row[0].strip() for row in rows] + ["12 steps, one run"]
+    for record, cells in zip(cases, rows):
+        assert record["ok"] and record["model"] == str(checkpoint)
+        assert record["ms_per_step"] == pytest.approx(float(cells[1]), abs=0.006)
+        assert record["similarity"] == pytest.approx(float(cells[7]), abs=0.0006)
+    engine = [r for r in cases if r["case"].startswith("engine")]
+    assert [r["restarts"] for r in engine] == [1, 2, 3, 1]
+    assert all(r["ran_as"] == "eager" and r["how"] == "device is cpu" and r["tflops"] > 0 for r in engine)
+
+
+def test_a_failing_case_is_recorded_and_the_next_one_runs(checkpoint, tmp_path):
+    results = tmp_path / "results.jsonl"
+    done = run_script(*QUICK, "--models", str(checkpoint), "--results", str(results), ok=False,
+                      env={"PEZ_BENCH_FAIL": "engine CUDA graph, 2 restarts"})
+    assert done.returncode == 1, done.stderr[-3000:]  # the run says something failed
+    assert "| engine CUDA graph, 2 restarts | **failed**: RuntimeError: failure injected" in done.stdout
+    cases = {r["case"]: r for r in records(results) if r["kind"] == "case"}
+    failed = cases["engine CUDA graph, 2 restarts"]
+    assert not failed["ok"] and "injected by PEZ_BENCH_FAIL" in failed["error"] and "Traceback" in failed["traceback"]
+    assert cases["engine CUDA graph, 3 restarts"]["ok"] and cases["12 steps, one run"]["ok"]
+
+
+def test_each_model_runs_in_its_own_process(checkpoint, tmp_path):
+    other = write_tiny_checkpoint(tmp_path, "other", seed=1)
+    results = tmp_path / "results.jsonl"
+    done = run_script(*QUICK, "--models", str(checkpoint), str(other), "--results", str(results), ok=False,
+                      env={"PEZ_BENCH_ABORT": str(checkpoint)})
+    assert done.returncode == 1
+    assert f"**{checkpoint}: the benchmark process was killed by signal 6 (SIGABRT)**" in done.stdout
+    lines = records(results)
+    first = [r for r in lines if r["model"] == str(checkpoint)]
+    # what it measured before it died is kept, then the parent's record of the death
+    assert [r["kind"] for r in first] == ["run", "case", "case", "process"] and first[1]["ok"]
+    second = [r for r in lines if r["model"] == str(other) and r["kind"] == "case"]
+    assert len(second) == 7 and all(r["ok"] for r in second)
+
+
+def test_the_probes_say_plainly_that_they_need_cuda(tmp_path):
+    results = tmp_path / "results.jsonl"
+    done = run_script("benchmarks/gpu.py", "--device", "cpu", "--probe", "cudnn", "--results", str(results), ok=False)
+    assert done.returncode == 1 and "probe cudnn (ViT-L-14, bf16, 18 positions): FAILED" in done.stdout
+    probe = records(results)[-1]
+    assert probe["kind"] == "probe" and not probe["ok"] and "needs a CUDA device" in probe["error"]
+
+
+def gpu_check(wheels: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WHEELS": str(wheels), "PYTHON": sys.executable}
+    return subprocess.run(["bash", "benchmarks/gpu_check.sh", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("present", [[], ["open_clip_torch-3.3.0-py3-none-any.whl", "ftfy-6.3.1-py3-none-any.whl"],
+                                     ["open_clip_torch-3.3.0-py3-none-any.whl", "open_clip_torch-3.2.0-py3-none-any.whl",
+                                      "ftfy-6.3.1-py3-none-any.whl", "wcwidth-0.2.14-py2.py3-none-any.whl"]])
+def test_gpu_check_refuses_missing_or_doubled_wheels_at_once(tmp_path, present):
+    for name in present:
+        (tmp_path / name).touch()
+    done = gpu_check(tmp_path)  # the whole run, not only --check: it must stop before anything else
+    assert done.returncode == 2 and "run `make gpu-wheels` here and carry .whl" in done.stderr
+    assert done.stdout == ""
+
+
+def test_gpu_check_accepts_one_of_each_wheel(tmp_path):
+    for name in ["open_clip_torch-3.3.0-py3-none-any.whl", "ftfy-6.3.1-py3-none-any.whl",
+                 "wcwidth-0.2.14-py2.py3-none-any.whl"]:
+        (tmp_path / name).touch()
+    done = gpu_check(tmp_path, "--check")
+    assert done.returncode == 0 and "checks passed" in done.stdout, done.stderr
 
 
 def test_cpu_speed_script_runs(checkpoint):
-    out = run_script("benchmarks/speed.py", "--model", str(checkpoint), "--steps", "3", "--restarts", "2")
+    out = run_script("benchmarks/speed.py", "--model", str(checkpoint), "--steps", "3", "--restarts", "2").stdout
     assert re.search(r"speed-up of the engine over the reference loop \(1 restart, full vocab\): [\d.]+x", out)
     assert re.search(r"cost of 2 restarts over 1 restart \(full vocab\): [\d.]+x", out)
 
 
-def test_gpu_targets_are_judged_in_the_right_direction():
-    from benchmarks.gpu import target_line
+def test_gpu_targets_are_judged_in_the_right_direction(monkeypatch):
+    # by path: the repository root stays off sys.path (conftest); its own imports come from benchmarks/
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("pez_gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    target_line = module.target_line
     assert target_line("3000 steps (s)", 9.1, False, 8).endswith("**NOT met**")
     assert target_line("3000 steps (s)", 7.9, False, 8).endswith("met")
     assert target_line("speed-up", 19.0, True, 20).endswith("**NOT met**")

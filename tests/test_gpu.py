@@ -1,21 +1,26 @@
-"""The CUDA fast path (skipped without a GPU; run on the device with benchmarks/gpu_check.sh)."""
+"""The CUDA fast path. Device tests (``needs_cuda``) are skipped without a GPU and run on the device
+with benchmarks/gpu_check.sh; the capture fall-back's stream handling is checked everywhere, against
+torch's own ``torch.cuda.graph`` with only the hardware calls stood in for."""
 from __future__ import annotations
 
+import types
 import warnings
 
 import pytest
 import torch
 
 import pez_core
-from pez_core import PezConfig, cuda_graph
+from pez_core import PezConfig, cuda_graph, engine
 from pez_core.objective import ACTIVATION_ELEMENTS
 from helpers import encode_text_reference, kept_for_backward, planted_problem
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture(scope="module", params=["fp32", "bf16"])
 def model(request):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
     with torch.device("cuda"):  # random weights initialised on the GPU: instant
         return pez_core.load_model("ViT-B-32", "none", device="cuda", precision=request.param)
 
@@ -31,6 +36,7 @@ def run(model, graphs: bool, restarts: int = 4, lr_schedule: str = "constant"):
     return result
 
 
+@needs_cuda
 @pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
 def test_graph_equals_eager(model, lr_schedule, caplog):
     eager, eager_again = run(model, False, lr_schedule=lr_schedule), run(model, False, lr_schedule=lr_schedule)
@@ -47,6 +53,7 @@ def test_graph_equals_eager(model, lr_schedule, caplog):
         assert abs(graphed.similarity - eager.similarity) < 0.02
 
 
+@needs_cuda
 def test_cut_at_eot_on_device(model):
     if model.dtype != torch.float32:
         pytest.skip("exactness is checked in fp32")
@@ -55,12 +62,14 @@ def test_cut_at_eot_on_device(model):
         assert (model.encode_ids(ids) - encode_text_reference(model, ids)).abs().max() < 1e-5
 
 
+@needs_cuda
 def test_planted_recovery_on_device(model):
     objective, random_best = planted_problem(model, length=8, seed=1)
     result = pez_core.optimize(model, objective, PezConfig(prompt_len=8, steps=400, restarts=8))[0]
     assert result.similarity > random_best
 
 
+@needs_cuda
 def test_offload_frees_the_gpu_and_the_next_run_brings_the_tower_back(model):
     objective, _ = planted_problem(model, length=8, seed=2)
     config = PezConfig(prompt_len=8, steps=60, restarts=2)
@@ -76,5 +85,142 @@ def test_offload_frees_the_gpu_and_the_next_run_brings_the_tower_back(model):
     assert after.similarity == pytest.approx(before.similarity, abs=0.02)
 
 
+@needs_cuda
 def test_activation_budget_holds_on_the_device(model):
     assert kept_for_backward(model, 16) <= ACTIVATION_ELEMENTS
+
+
+@needs_cuda
+def test_a_failed_capture_leaves_the_stream_and_the_result_as_eager(model, monkeypatch):
+    if model.dtype != torch.float32:
+        pytest.skip("the same result is checked in fp32")
+    objective, _ = planted_problem(model, length=16, seed=4)
+    config = PezConfig(steps=60, restarts=2, seed=0)
+    cuda_graph.set_enabled(False)
+    try:
+        eager, eager_again = (pez_core.optimize(model, objective, config)[0] for _ in range(2))
+    finally:
+        cuda_graph.set_enabled(True)
+    step = engine._Run.step
+
+    def step_that_breaks_capture(run):
+        if torch.cuda.is_current_stream_capturing():
+            torch.cuda.synchronize()  # a host sync is illegal while capturing: the capture fails
+        step(run)
+    monkeypatch.setattr(engine._Run, "step", step_that_breaks_capture)
+    caller = torch.cuda.current_stream()
+    fallen_back = pez_core.optimize(model, objective, config)[0]
+    outcome = cuda_graph.last_outcome()
+    assert not outcome.graphed and outcome.reason.startswith("capture failed"), outcome
+    assert torch.cuda.current_stream() == caller and not torch.cuda.is_current_stream_capturing()
+    if eager_again.token_ids == eager.token_ids:
+        assert fallen_back.token_ids == eager.token_ids
+    else:
+        assert fallen_back.similarity == pytest.approx(eager.similarity, abs=0.02)
+    monkeypatch.undo()  # the process is still sound: the next run captures
+    pez_core.optimize(model, objective, config)
+    assert cuda_graph.last_outcome().graphed
+
+
+# --- the fall-back without a GPU: torch's real graph context, the hardware calls stood in for ------------
+
+class _Streams:
+    """What the CUDA runtime does to streams and captures, as far as ``torch.cuda.graph`` sees it."""
+
+    def __init__(self, fail: str | None):
+        self.fail = fail              # None, "step" (the step raises while capturing) or "end" (capture_end raises)
+        self.caller = self.stream("caller")
+        self.current = self.caller
+        self.capturing: set[str] = set()
+        self.steps: list[str] = []    # the stream of every step that really ran
+        self.cudnn_flags: list[bool] = []
+
+    def stream(self, name: str = "side"):
+        streams = self
+        return types.SimpleNamespace(name=name, device=torch.device("cuda", 0),
+                                     wait_stream=lambda other: None, __repr__=lambda: name,
+                                     is_capturing=lambda: name in streams.capturing)
+
+    def graph(self):
+        streams = self
+
+        class Graph:
+            def capture_begin(self, *pool, **options):
+                self.stream = streams.current
+                streams.capturing.add(self.stream.name)
+
+            def capture_end(self):
+                if streams.current is not self.stream:
+                    raise RuntimeError("Capture must end on the same stream it began on.")
+                streams.capturing.discard(self.stream.name)  # ended, even when it fails
+                if streams.fail:
+                    raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+            def replay(self):
+                streams.steps.append("replay")
+
+            def reset(self):
+                pass
+        return Graph()
+
+    def step(self):
+        self.cudnn_flags.append(torch.backends.cuda.cudnn_sdp_enabled())
+        if self.current.name in self.capturing:
+            if self.fail == "step":
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+            return  # captured, not run
+        self.steps.append(self.current.name)
+
+
+@pytest.fixture(params=[None, "step", "end"])
+def streams(request, monkeypatch):
+    s = _Streams(request.param)
+    for name, value in {"Stream": lambda *a, **k: s.stream(), "CUDAGraph": s.graph,
+                        "current_stream": lambda *a, **k: s.current, "set_stream": lambda st: setattr(s, "current", st),
+                        "is_current_stream_capturing": lambda: s.current.name in s.capturing,
+                        "synchronize": lambda *a, **k: None, "empty_cache": lambda: None,
+                        "_get_device_index": lambda *a, **k: 0}.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(torch._C, "_host_emptyCache", lambda: None, raising=False)
+    monkeypatch.setattr(torch.cuda.graph, "default_capture_stream", None)
+    return s
+
+
+def test_capture_falls_back_with_the_callers_stream_restored(streams):
+    run = types.SimpleNamespace(device=torch.device("cuda"), step=streams.step)
+    cudnn_before = torch.backends.cuda.cudnn_sdp_enabled()
+    step, done = cuda_graph.graphed_step(run, steps=100)
+    outcome = cuda_graph.last_outcome()
+    assert streams.current is streams.caller and not streams.capturing  # later work queues where it should
+    assert done == cuda_graph.WARMUP_STEPS and streams.steps == ["side"] * done  # warm-up ran, off the caller's stream
+    assert streams.cudnn_flags == [False] * (done + 1)  # warm-up and capture run without cuDNN attention
+    assert torch.backends.cuda.cudnn_sdp_enabled() == cudnn_before
+    if streams.fail is None:
+        assert outcome.graphed and "cudnn" not in outcome.reason
+        step()
+        assert streams.steps[-1] == "replay"
+    else:
+        assert step == run.step and not outcome.graphed
+        assert outcome.reason.startswith("capture failed")
+        if streams.fail == "step":  # the step's own error is named, not only capture_end's
+            assert "not permitted when stream is capturing" in outcome.reason
+        step()
+        assert streams.steps[-1] == "caller"  # the eager steps that follow run on the caller's stream
+
+
+def test_capture_attention_backends_can_be_chosen(monkeypatch):
+    from torch.nn.attention import SDPBackend
+
+    assert SDPBackend.CUDNN_ATTENTION not in cuda_graph.capture_backends()
+    monkeypatch.setenv(cuda_graph.SDPA_ENV, "math, efficient")
+    assert cuda_graph.capture_backends() == [SDPBackend.MATH, SDPBackend.EFFICIENT_ATTENTION]
+    monkeypatch.setenv(cuda_graph.SDPA_ENV, "fast")
+    with pytest.raises(ValueError, match=cuda_graph.SDPA_ENV):
+        cuda_graph.capture_backends()
+
+
+def test_a_cpu_run_records_that_it_stepped_eagerly():
+    tiny = pez_core.load_model("shapes-demo", device="cpu", precision="fp32")
+    objective, _ = planted_problem(tiny, length=4, seed=0)
+    pez_core.optimize(tiny, objective, PezConfig(prompt_len=4, steps=6, restarts=1))
+    assert cuda_graph.last_outcome() == cuda_graph.Outcome(False, "device is cpu")
