@@ -169,8 +169,9 @@ class LiveProgress:
         self.bar = comfy.utils.ProgressBar(total)
         self._bar_at = self._live_at = 0.0
 
-    def __call__(self, progress: pez_core.Progress) -> None:
+    def __call__(self, progress: pez_core.Progress) -> bool:
         mm.throw_exception_if_processing_interrupted()
+        from .stop import stop_requested  # "stop & use best": True ends the run with the best so far
         now = time.monotonic()
         last = progress.step >= progress.total
         if last or now - self._bar_at >= BAR_EVERY_S:
@@ -179,6 +180,7 @@ class LiveProgress:
         if last or now - self._live_at >= LIVE_EVERY_S:
             self._live_at = now
             send_live(self.node, progress)
+        return stop_requested(self.node)
 
 
 def send_live(node: str | None, progress: pez_core.Progress) -> None:
