@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv comfyui browser test demo serve bench gpu-wheels clean
+.PHONY: venv comfyui browser test test-newest demo serve bench gpu-wheels clean
 
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: requirements-dev.txt pyproject.toml
@@ -20,14 +20,36 @@ comfyui: venv
 browser: venv
 	bash scripts/setup_browser.sh
 
+# `make test` = the whole suite on ComfyUI 0.3.75, then (when ../shared has its tarball) the server
+# tests again on ComfyUI 0.33.0 with the newest frontend (`make test-newest`); it says when it skips that.
 test: venv comfyui browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	@bash scripts/setup_comfyui_newest.sh --check; rc=$$?; \
+	if [ $$rc -eq 3 ]; then echo "make test: SKIPPED the second pass on the newest ComfyUI" \
+	  "(no ComfyUI-0.33.0.tar.gz in ../shared/comfyui); only ComfyUI 0.3.75 was tested."; \
+	elif [ $$rc -eq 0 ]; then $(MAKE) --no-print-directory test-newest; \
+	else exit $$rc; fi
+
+NEWEST_DIR := $(CURDIR)/.comfyui-newest
+NEWEST_PY := $(CURDIR)/.venv-newest/bin/python
+NEWEST_TESTS := tests/test_comfy_harness.py tests/test_nodes_api.py tests/test_stop.py tests/test_workflows.py \
+	tests/test_browser.py
+test-newest: browser
+	@start=$$(date +%s); \
+	NEWEST_DIR=$(NEWEST_DIR) NEWEST_VENV=$(dir $(NEWEST_PY)).. bash scripts/setup_comfyui_newest.sh || exit $$?; \
+	echo "== second pass: ComfyUI $$(sed -n 's/^__version__ = "\(.*\)"/\1/p' $(NEWEST_DIR)/comfyui_version.py)," \
+	  "frontend $$($(NEWEST_PY) -c 'import importlib.metadata as m; print(m.version("comfyui-frontend-package"))')" \
+	  "(set up in $$(( $$(date +%s) - start )) s)"; \
+	PEZ_COMFYUI_DIR=$(NEWEST_DIR) PEZ_COMFYUI_PYTHON=$(NEWEST_PY) HF_HUB_OFFLINE=1 \
+	  $(NEWEST_PY) -m pytest -q $(NEWEST_TESTS) || exit $$?; \
+	echo "== second pass done in $$(( $$(date +%s) - start )) s"
 
 demo: venv comfyui
 	HF_HUB_OFFLINE=1 $(PY) -m scripts.demo
 
+PORT ?= 8188
 serve: venv comfyui
-	$(PY) -m scripts.demo --serve
+	$(PY) -m scripts.demo --serve --port $(PORT)
 
 bench: venv
 	$(PY) benchmarks/speed.py
@@ -40,4 +62,4 @@ gpu-wheels:
 		--platform manylinux2014_x86_64 -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.2.14
 
 clean:
-	rm -rf $(VENV) .comfyui .cache
+	rm -rf $(VENV) .comfyui .cache .venv-newest .comfyui-newest

@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 from .distill import DistillPrompt
 from .images import InvertImage, StylePrompt
 from .model import LoadModel
+from . import stop  # noqa: F401 - registers the "stop & use best" route
 from .text import ConcatPrompts, PromptSimilarity
 
 NODES: list[type[io.ComfyNode]] = [

@@ -16,6 +16,7 @@ import torch
 from comfy_api.latest import io
 
 from .. import pez_core
+from .stop import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class LiveProgress:
         self.bar = comfy.utils.ProgressBar(total)
         self._bar_at = self._live_at = 0.0
 
-    def __call__(self, progress: pez_core.Progress) -> None:
+    def __call__(self, progress: pez_core.Progress) -> bool:
         mm.throw_exception_if_processing_interrupted()
         now = time.monotonic()
         last = progress.step >= progress.total
@@ -187,6 +188,7 @@ class LiveProgress:
         if last or now - self._live_at >= LIVE_EVERY_S:
             self._live_at = now
             send_live(self.node, progress)
+        return stop_requested(self.node)  # "stop & use best": True ends the run with the best so far
 
 
 def send_live(node: str | None, progress: pez_core.Progress) -> None:

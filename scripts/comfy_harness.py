@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,8 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COMFY_DIR = REPO_ROOT / ".comfyui"
-DEFAULT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+# Which ComfyUI, run by which Python: PEZ_COMFYUI_DIR / PEZ_COMFYUI_PYTHON (`make test-newest` sets
+# them for its second pass), else the checkout's .comfyui/ (scripts/setup_comfyui.sh) and .venv/.
+COMFY_DIR = Path(os.environ.get("PEZ_COMFYUI_DIR") or REPO_ROOT / ".comfyui").resolve()
+DEFAULT_PYTHON = Path(os.environ.get("PEZ_COMFYUI_PYTHON") or REPO_ROOT / ".venv" / "bin" / "python")
 PACK_NAME = "pez_hard_prompts"
 HOST = "127.0.0.1"
 HTTP_TIMEOUT = 30.0
@@ -92,6 +95,15 @@ class RunResult:
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [m["data"] for m in self.messages if m.get("type") == kind]
+
+
+def comfyui_version(comfy_dir: Path = COMFY_DIR) -> str:
+    """The version of the ComfyUI in ``comfy_dir`` (from its comfyui_version.py)."""
+    text = (Path(comfy_dir) / "comfyui_version.py").read_text()
+    match = re.search(r"__version__\s*=\s*[\"']([^\"']+)", text)
+    if match is None:
+        raise ComfyError(f"no __version__ in {comfy_dir}/comfyui_version.py")
+    return match.group(1)
 
 
 def free_port() -> int:
@@ -180,7 +192,8 @@ class ComfyServer:
         return path
 
     def add_file(self, rel_path: str, content: Path | bytes) -> Path:
-        """Place a file at ``<base>/<rel_path>``: bytes are written, a Path is symlinked."""
+        """Place a file at ``<base>/<rel_path>``: bytes are written, a Path is copied (not linked:
+        ComfyUI 0.33 resolves links and rejects an input file that lies outside ``input/``)."""
         if Path(rel_path).is_absolute() or ".." in Path(rel_path).parts:
             raise ValueError(f"{rel_path!r} is not a path inside the base directory")
         dest = self.base_dir / rel_path
@@ -189,7 +202,7 @@ class ComfyServer:
         if isinstance(content, bytes):
             dest.write_bytes(content)
         else:
-            dest.symlink_to(Path(content).resolve())
+            shutil.copyfile(content, dest)
         return dest
 
     def log_text(self, tail: int | None = None) -> str:

@@ -10,6 +10,7 @@ torch runs single-threaded there: on a shared, busy CPU that is 10-30x faster fo
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -23,10 +24,25 @@ REPO = TESTS.parent
 # the (editable) install and their helpers from tests/ and scripts/, never the root itself.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
 sys.path[:0] = [str(TESTS), str(REPO / "scripts"), str(REPO / "benchmarks")]  # helpers, comfy_harness, quality
-from comfy_harness import COMFY_DIR, ComfyServer  # noqa: E402
+from comfy_harness import COMFY_DIR, DEFAULT_PYTHON, ComfyServer, comfyui_version  # noqa: E402
 from helpers import DEMO_IMAGE, TEST_IMAGES, TINY_MODEL, png_bytes, write_tiny_checkpoint  # noqa: E402
 
 _LOG_TAIL = 8000
+
+
+def pytest_report_header() -> str:
+    """Which ComfyUI and frontend the server tests run against (the log of each pass names them)."""
+    try:
+        version = comfyui_version()
+    except OSError:
+        return f"ComfyUI: none in {COMFY_DIR} (run: make comfyui)"
+    probe = "import importlib.metadata as m; print(m.version('comfyui-frontend-package'))"
+    try:
+        frontend = subprocess.run([str(DEFAULT_PYTHON), "-c", probe], capture_output=True, text=True,
+                                  timeout=60).stdout.strip() or "not installed"
+    except (OSError, subprocess.TimeoutExpired):
+        frontend = "unknown"
+    return f"ComfyUI {version} in {COMFY_DIR} (frontend {frontend}, Python {DEFAULT_PYTHON})"
 
 
 def prepare_base_dir(server: ComfyServer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from comfy_harness import ComfyServer, PromptRejected
+from comfy_harness import ComfyServer, PromptRejected, comfyui_version
 
 # EmptyImage -> PreviewImage: core nodes, CPU only, no weights; PreviewImage is an output node.
 IMAGE_GRAPH = {
@@ -15,7 +15,7 @@ IMAGE_GRAPH = {
 
 def test_system_stats(comfy_server: ComfyServer) -> None:
     stats = comfy_server.system_stats()
-    assert stats["system"]["comfyui_version"] == "0.3.75"
+    assert stats["system"]["comfyui_version"] == comfyui_version(comfy_server.comfy_dir)
     assert stats["devices"][0]["type"] == "cpu"
 
 

@@ -5,12 +5,16 @@
 // - When it ends: the final prompt(s) and similarity (from the node's `ui` output, delivered to
 //   `onExecuted`) in a read-only text box, with a "copy prompt" button. A node's own closing
 //   note (sent with send_progress_text, e.g. Concat's token count) is shown under the prompt.
+// - Nodes that optimise (they have a `steps` input) get a "stop & use best" button: it asks the
+//   pack's route POST /pez/stop to end the run early, and the node outputs the best prompt so far
+//   (Cancel still cancels, without a result). Their seed's "control after generate" starts at
+//   "fixed", so a second Run with the same inputs comes from ComfyUI's cache in no time.
 // - The shown result is kept in `node.properties.pez_result`, so a saved workflow shows it again
 //   when reopened. The text box and the button are never serialized into `widgets_values`
 //   (they are the last widgets of the node and have `serialize: false`), so the saved values of
 //   the real widgets keep their positions.
 //
-// Written against ComfyUI frontend 1.32.9 (ComfyUI 0.3.75). It uses the extension API
+// Written against ComfyUI frontend 1.32.9 (ComfyUI 0.3.75); tested on 1.58.1 (ComfyUI 0.33.0) too. It uses the extension API
 // (app.registerExtension, api.addEventListener, node.addDOMWidget, node.addWidget, the LiteGraph
 // node callbacks); the one frontend detail it relies on is the name of the built-in progress-text
 // widget (if that changes, the built-in text simply shows too). Nothing here talks to the network.
@@ -34,6 +38,10 @@ const TEXT_NODES = new Set([
 
 const DISPLAY_WIDGET = "pez_result"; // read-only text box (DOM widget)
 const COPY_WIDGET = "copy prompt"; // button
+const STOP_WIDGET = "stop & use best"; // button, on nodes that optimise
+const STOP_ROUTE = "/pez/stop"; // nodes/stop.py
+const SEED_CONTROL_WIDGET = "control_after_generate";
+const SEED_CONTROL_DEFAULT = "fixed";
 const RESULT_PROPERTY = "pez_result"; // node.properties key that keeps the last result
 // The frontend's own widget for send_progress_text (useNodeProgressText in frontend 1.32.9). It
 // has no `serialize: false` of its own, so its text would be saved into widgets_values: on PEZ
@@ -44,7 +52,16 @@ const RESULT_PROPERTY = "pez_result"; // node.properties key that keeps the last
 const BUILTIN_PROGRESS_WIDGET = "$$node-text-preview";
 
 const THROTTLE_MS = 250; // at most 4 progress redraws per second and node
+// A pez.progress this soon after a result belongs to the finished run (it came late); a later one
+// starts a new run.
+const LATE_PROGRESS_MS = 2000;
+// The text box shows about four lines: prompt, similarity, "12 CLIP tokens", a warning. Nodes 2.0
+// (frontend 1.58, Comfy.VueNodes.Enabled) ignores getMinHeight, so the CSS says it too.
+const RESULT_MIN_HEIGHT_PX = 88;
+const TOAST_LIFE_MS = 2500;
+const TOAST_DETAIL_MAX = 120; // characters of the copied prompt shown in the toast
 const PEZ_NODE = Symbol("pez.node"); // on the prototypes of PEZ node types
+const OPTIMISES = Symbol("pez.optimises"); // on the prototypes of PEZ node types with `steps`
 const STATE = Symbol("pez.state"); // per node instance
 const running = new Set(); // nodes that show live progress now
 
@@ -87,7 +104,7 @@ function injectStyle() {
   style.id = "pez-hardprompts-style";
   style.textContent = `
     textarea.pez-result {
-      cursor: text; white-space: pre-wrap; overflow-wrap: anywhere;
+      min-height: ${RESULT_MIN_HEIGHT_PX}px; cursor: text; white-space: pre-wrap; overflow-wrap: anywhere;
       font-family: ui-sans-serif, system-ui, sans-serif; font-size: 13px; line-height: 1.35;
     }
     textarea.pez-result.pez-running { opacity: 0.8; font-style: italic; }
@@ -98,7 +115,7 @@ function injectStyle() {
 
 function toast(severity, summary, detail) {
   try {
-    app.extensionManager?.toast?.add?.({ severity, summary, detail, life: 2500 });
+    app.extensionManager?.toast?.add?.({ severity, summary, detail, life: TOAST_LIFE_MS });
   } catch (err) {
     console.warn(TAG, "toast failed", err);
   }
@@ -125,7 +142,7 @@ function ensureUi(node) {
       value = v === undefined || v === null ? "" : String(v);
       element.value = value;
     },
-    getMinHeight: () => 88,
+    getMinHeight: () => RESULT_MIN_HEIGHT_PX,
   });
   display.serialize = false; // not part of widgets_values (LGraphNode.serialize checks this)
 
@@ -135,10 +152,20 @@ function ensureUi(node) {
   copy.serialize = false;
   copy.tooltip = "Copy the prompt to the clipboard";
 
+  let stop = null;
+  if (node[OPTIMISES]) {
+    stop = node.addWidget("button", STOP_WIDGET, null, () => stopRun(node), { serialize: false });
+    stop.serialize = false;
+    stop.tooltip =
+      "End the optimisation now and output the best prompt found so far (Cancel discards it)";
+  }
+
   node[STATE] = {
     display,
     element,
     copy,
+    stop,
+    executionId: null, // the node's id in the running prompt (from pez.progress)
     copyText: "",
     timer: null,
     pending: null,
@@ -179,18 +206,27 @@ function show(node, text, { running = false, warning = false } = {}) {
 
 // -- results -------------------------------------------------------------------------------
 
-/** The `ui` dict of a PEZ node, reduced to what is shown and saved; null without text. */
-function resultOf(message) {
-  const text = asList(message?.text).map((t) => String(t));
+// result key -> key in a node's `ui` output; a saved result (node.properties) uses the result keys
+const UI_KEYS = { similarity: "pez_similarity", token_count: "pez_token_count", warning: "pez_warning" };
+const SAVED_KEYS = { similarity: "similarity", token_count: "token_count", warning: "warning" };
+
+/** What is shown and saved of a `ui` output (UI_KEYS) or of a saved result (SAVED_KEYS, with its
+ * note), checked; null without text. */
+function resultFrom(source, keys) {
+  if (!source || typeof source !== "object") return null;
+  const text = asList(source.text).map((t) => String(t));
   if (!text.length) return null;
   const result = { text };
-  const similarity = asList(message?.pez_similarity);
-  if (similarity.length) result.similarity = similarity;
-  const tokens = asList(message?.pez_token_count);
-  if (tokens.length) result.token_count = tokens;
-  const warning = asList(message?.pez_warning).map((w) => String(w));
-  if (warning.length) result.warning = warning;
+  for (const [key, from] of Object.entries(keys)) {
+    const values = asList(source[from]);
+    if (values.length) result[key] = key === "warning" ? values.map((w) => String(w)) : values;
+  }
+  if (keys === SAVED_KEYS && typeof source.note === "string" && source.note) result.note = source.note;
   return result;
+}
+
+function savedResult(node) {
+  return resultFrom(node.properties?.[RESULT_PROPERTY], SAVED_KEYS);
 }
 
 /** What is shown under the prompt(s): the node's own note if it sent one, else made up here. */
@@ -233,16 +269,23 @@ function showResult(node, result) {
   show(node, formatResult(result), { warning: !!result.warning?.length });
 }
 
-function onExecuted(node, message) {
-  const result = resultOf(message);
-  if (!result) return;
-  const state = ensureUi(node);
+/** The node's run is over (result, cancel, failure, removal): no more live progress on it. */
+function endRun(node) {
+  running.delete(node);
+  const state = node[STATE];
+  if (!state) return;
   clearTimeout(state.timer);
   state.timer = null;
   state.pending = null;
   state.done = true;
   state.doneAt = performance.now();
-  running.delete(node);
+}
+
+function onExecuted(node, message) {
+  const result = resultFrom(message, UI_KEYS);
+  if (!result) return;
+  const state = ensureUi(node);
+  endRun(node);
   if (state.note && !state.live) {
     result.note = state.note;
   } else {
@@ -260,21 +303,6 @@ function onExecuted(node, message) {
 function sameResult(a, b) {
   const key = (r) => JSON.stringify([r.text, r.similarity, r.token_count, r.warning]);
   return key(a) === key(b);
-}
-
-/** The result saved in node.properties (by onExecuted), checked; null if absent or broken. */
-function savedResult(node) {
-  const saved = node.properties?.[RESULT_PROPERTY];
-  if (!saved || typeof saved !== "object") return null;
-  const text = asList(saved.text).map((t) => String(t));
-  if (!text.length) return null;
-  const result = { text };
-  for (const key of ["similarity", "token_count"]) {
-    if (saved[key] !== undefined) result[key] = asList(saved[key]);
-  }
-  if (saved.warning !== undefined) result.warning = asList(saved.warning).map((w) => String(w));
-  if (typeof saved.note === "string" && saved.note) result.note = saved.note;
-  return result;
 }
 
 function restore(node) {
@@ -321,13 +349,11 @@ function onRunEnded(event) {
   const how = event?.type === "execution_interrupted" ? "cancelled" : "failed";
   for (const node of running) {
     const state = node[STATE];
-    running.delete(node);
-    if (!state || state.done) continue;
-    clearTimeout(state.timer);
-    state.timer = null;
-    state.pending = null;
-    state.done = true;
-    state.doneAt = performance.now();
+    if (!state || state.done) {
+      running.delete(node);
+      continue;
+    }
+    endRun(node);
     const text = (state.progressText ?? "").replace(/^running/, `${how}, no result`);
     show(node, text, { warning: true });
   }
@@ -340,7 +366,7 @@ function scheduleProgress(node, progress) {
   // A progress event soon after a result belongs to that finished run (it was late); one
   // later than that is a new run (onExecutionStart normally clears `done` already).
   if (state.done) {
-    if (now - state.doneAt < 2000) return;
+    if (now - state.doneAt < LATE_PROGRESS_MS) return;
     state.done = false;
   }
   state.pending = progress;
@@ -353,7 +379,9 @@ function onPezProgress(event) {
   const detail = event?.detail ?? {};
   const node = findNode(detail.display_node ?? detail.node);
   if (!isPezNode(node)) return;
-  ensureUi(node).live = true;
+  const state = ensureUi(node);
+  state.live = true;
+  state.executionId = String(detail.node ?? detail.display_node);
   scheduleProgress(node, {
     step: detail.step,
     total: detail.total,
@@ -411,9 +439,47 @@ async function copyPrompt(node) {
     }
   }
   if (!ok) ok = legacyCopy(text);
-  if (ok) toast("success", "Prompt copied", text.length > 120 ? `${text.slice(0, 117)}...` : text);
+  const detail = text.length > TOAST_DETAIL_MAX ? `${text.slice(0, TOAST_DETAIL_MAX - 3)}...` : text;
+  if (ok) toast("success", "Prompt copied", detail);
   else toast("error", "Could not copy", "Select the text in the node and copy it by hand.");
   return ok;
+}
+
+// -- stop & use best -----------------------------------------------------------------------
+
+async function stopRun(node) {
+  const state = node[STATE];
+  if (!state?.live || state.done || !state.executionId) {
+    toast("info", "Not running", "Stop & use best ends a running optimisation early.");
+    return false;
+  }
+  try {
+    const response = await api.fetchApi(STOP_ROUTE, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ node_id: state.executionId }),
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (response.ok) {
+      toast("info", "Stopping", "The node outputs the best prompt found so far.");
+      return true;
+    }
+    toast("warn", "Could not stop", answer.error ?? `HTTP ${response.status}`);
+  } catch (err) {
+    console.warn(TAG, "stop request failed", err);
+    toast("error", "Could not stop", String(err));
+  }
+  return false;
+}
+
+/** A freshly added node's seed is "fixed": PEZ runs for minutes, ComfyUI's cache answers a
+ * repeated Run at once. (A loaded workflow's saved value is restored after this, in configure.) */
+function fixSeed(node) {
+  const seed = node.widgets?.find((w) => w?.name === "seed");
+  const control =
+    seed?.linkedWidgets?.find((w) => w?.name === SEED_CONTROL_WIDGET) ??
+    node.widgets?.find((w) => w?.name === SEED_CONTROL_WIDGET);
+  if (control) control.value = SEED_CONTROL_DEFAULT;
 }
 
 // -- registration --------------------------------------------------------------------------
@@ -458,10 +524,12 @@ const extension = {
     if (!isPezNodeDef(nodeData)) return;
     const proto = nodeType.prototype;
     proto[PEZ_NODE] = true;
+    proto[OPTIMISES] = !!(nodeData.input?.required?.steps ?? nodeData.input?.optional?.steps);
     const eager = TEXT_NODES.has(nodeData.name);
 
     chain(proto, "onNodeCreated", function () {
       if (eager) ensureUi(this);
+      fixSeed(this);
     });
     chain(proto, "onExecuted", function (message) {
       onExecuted(this, message);
@@ -478,12 +546,7 @@ const extension = {
       }
     });
     chain(proto, "onRemoved", function () {
-      running.delete(this);
-      const state = this[STATE];
-      if (state) {
-        clearTimeout(state.timer);
-        state.timer = null;
-      }
+      endRun(this);
     });
     // Keep the saved result out of the (editable) LiteGraph properties panel.
     const onAddPropertyToPanel = proto.onAddPropertyToPanel;
@@ -494,9 +557,9 @@ const extension = {
   },
 };
 
-// ComfyUI lists a pack's web files once per registration: with both WEB_DIRECTORY in
-// __init__.py and `[tool.comfy] web` in pyproject.toml this module is imported twice (under two
-// URLs). Register only once.
+// The pack registers web/ once, through `[tool.comfy] web` in pyproject.toml (it defines no
+// WEB_DIRECTORY). Should this module still be imported a second time under another URL (a
+// second registration, or a test), the extension is registered only once.
 const LOADED = Symbol.for("pez.hardprompts.loaded");
 if (!globalThis[LOADED]) {
   globalThis[LOADED] = true;
