@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .combine import CombineModels
 from .distill import DistillPrompt
 from .images import InvertImage, StylePrompt
 from .model import LoadModel
 from .text import ConcatPrompts, PromptSimilarity
 
 NODES: list[type[io.ComfyNode]] = [
-    LoadModel, InvertImage, DistillPrompt, StylePrompt, ConcatPrompts, PromptSimilarity,
+    LoadModel, InvertImage, DistillPrompt, StylePrompt, ConcatPrompts, PromptSimilarity, CombineModels,
 ]
 
 
