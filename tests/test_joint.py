@@ -206,3 +206,28 @@ def test_sdxl_preset_offline_names_the_missing_weights(monkeypatch):
     assert all(part in pez_core.PRESETS for part in pez_core.JOINT_PRESETS[name].parts)
     with pytest.raises(pez_core.WeightsNotAvailableError, match="ViT-L-14 / openai"):
         pez_core.load_model(name, device="cpu")
+
+
+def test_cli_repeated_models_pair_up_and_report_each_similarity(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    a, b = write_variant(tmp_path, "cli-a", 16, 32, 0), write_variant(tmp_path, "cli-b", 24, 40, 1)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+
+    def pez(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pez_core", *args], capture_output=True, text=True, env=env,
+                              cwd=root, timeout=300)
+    common = ["distill", TEXT, "--steps", "6", "--prompt-len", "3", "--json", "--device", "cpu"]
+    done = pez(*common, "--model", a, "--model", b, "--model-weight", "1", "--model-weight", "3")
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)
+    assert len(row["similarities"]) == 2
+    assert row["similarity"] == pytest.approx(0.25 * row["similarities"][0] + 0.75 * row["similarities"][1], abs=1e-5)
+    alone = json.loads(pez(*common, "--model", a).stdout)
+    assert alone["similarities"] == [alone["similarity"]]
+    wrong = pez(*common, "--model", a, "--model", b, "--model-weight", "1")
+    assert wrong.returncode == 2 and "1 --model-weight for 2 --model" in wrong.stderr
