@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         f"preset, bundled model, open_clip architecture or checkpoint path (see `models`; default {DEFAULT_MODEL}); "
         "repeat it to learn one prompt for several models at once"))
     common.add_argument("--pretrained", action="append", help=(
-        "pretrained tag, weights path, or 'none' for random weights; repeated, the n-th goes with the n-th --model"))
+        "pretrained tag, weights path, or 'none' for random weights; repeated, the n-th goes with the "
+        "n-th --model"))
     common.add_argument("--model-weight", action="append", type=float, help=(
         "how much each --model counts in a joint prompt (default: equally); one per --model, in order"))
     common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")

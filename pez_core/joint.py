@@ -122,7 +122,8 @@ class JointScorer(Scorer):
                 raise PezError("the models of a joint search need the same problems and the same device")
             if not torch.equal(s.allowed, first.allowed):
                 raise PezError("the models of a joint search allow different tokens; use one vocabulary")
-        self.scorers, self.device, self.problems, self.allowed = list(scorers), first.device, first.problems, first.allowed
+        self.scorers, self.device = list(scorers), first.device
+        self.problems, self.allowed = first.problems, first.allowed
         self.weights = torch.tensor([float(w) for w in weights], device=self.device)
         self.widths = [s.table.shape[1] for s in scorers]
         # the soft prompts lie side by side: one (V, D_1 + ... + D_M) table, in the members' common dtype

@@ -98,7 +98,8 @@ def score(model: joint.AnyModel, texts: str | Sequence[str], images=None,
     """Cosine similarity (n_texts, n_targets) of texts to images and/or other texts, in [-1, 1].
     Several models: the weighted mean of their similarities (``score_each`` gives each model's)."""
     if not isinstance(model, PezModel):
-        return sum(w * sims for (_, w), sims in zip(joint.members(model), score_each(model, texts, images, other_texts)))
+        each = score_each(model, texts, images, other_texts)
+        return sum(w * sims for (_, w), sims in zip(joint.members(model), each))
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise PezError("no text to score was given")
