@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .combine import CombineModels
 from .distill import DistillPrompt
 from .images import InvertImage, StylePrompt
 from .model import LoadModel
@@ -10,7 +11,7 @@ from . import stop  # noqa: F401 - registers the "stop & use best" route
 from .text import ConcatPrompts, PromptSimilarity
 
 NODES: list[type[io.ComfyNode]] = [
-    LoadModel, InvertImage, DistillPrompt, StylePrompt, ConcatPrompts, PromptSimilarity,
+    LoadModel, InvertImage, DistillPrompt, StylePrompt, ConcatPrompts, PromptSimilarity, CombineModels,
 ]
 
 

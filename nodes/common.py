@@ -153,8 +153,9 @@ def device_session(model: pez_core.PezModel) -> Iterator[None]:
     activations come and go); afterwards park the text tower where ComfyUI parks its text encoders
     (the CPU unless --gpu-only) so the diffusion model gets the memory. Outside inference mode."""
     on_gpu = model.device.type != "cpu"
-    if on_gpu:
-        mm.free_memory(mm.module_size(model.clip) + GIB, model.device)
+    if on_gpu:  # a combined model (PEZ Combine Models) needs room for all its CLIPs
+        size = sum(mm.module_size(m.clip) for m, _ in pez_core.joint.members(model))
+        mm.free_memory(size + GIB, model.device)
     try:
         with torch.inference_mode(False):
             yield
@@ -226,12 +227,21 @@ def _server() -> Any:
 
 
 # --- UI payload ---------------------------------------------------------------------------------------
-def text_ui(prompts: Sequence[str], similarities: Sequence[float]) -> dict[str, list]:
-    """The UI output of every text-producing PEZ node: one string and one similarity per prompt."""
-    return {"text": [str(p) for p in prompts], "pez_similarity": [float(s) for s in similarities]}
+def text_ui(prompts: Sequence[str], similarities: Sequence[float],
+            results: Sequence[pez_core.PezResult] = ()) -> dict[str, list]:
+    """The UI output of every text-producing PEZ node: one string and one similarity per prompt; with
+    several models (PEZ Combine Models), also each model's similarity per prompt, in model order."""
+    ui = {"text": [str(p) for p in prompts], "pez_similarity": [float(s) for s in similarities]}
+    per_model = [list(getattr(r, "similarities", [])) for r in results]
+    if any(per_model):
+        ui["pez_model_similarities"] = per_model
+    return ui
 
 
 def log_results(node: str, results: Sequence[pez_core.PezResult]) -> None:
     for r in results:
-        log.info("%s: %r (similarity %.4f, %d steps, %.1f s%s)", node, r.prompt, r.similarity, r.steps,
+        each = getattr(r, "similarities", None)
+        log.info("%s: %r (similarity %.4f%s, %d steps, %.1f s%s)", node, r.prompt, r.similarity,
+                 f"; per model {', '.join(f'{s:.4f}' for s in each)}" if each else "", r.steps,
                  r.seconds, ", stopped early" if r.stopped_early else "")
+

@@ -53,4 +53,5 @@ class DistillPrompt(io.ComfyNode):
             result = pez_core.distill(pez_model, text, config, ratio=ratio,
                                       callback=LiveProgress(cls.hidden.unique_id, config.steps))
         log_results("PEZ Distill Prompt", [result])
-        return io.NodeOutput(result.prompt, result.similarity, ui=text_ui([result.prompt], [result.similarity]))
+        ui = text_ui([result.prompt], [result.similarity], [result])
+        return io.NodeOutput(result.prompt, result.similarity, ui=ui)

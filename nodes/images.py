@@ -57,7 +57,7 @@ class _ImagePromptNode(io.ComfyNode):
         log_results(cls.TITLE, results)
         prompts, sims = [r.prompt for r in results], [r.similarity for r in results]
         outputs = (prompts, sims) if isinstance(found, list) else (prompts[0], sims[0])
-        return io.NodeOutput(*outputs, ui=text_ui(prompts, sims))
+        return io.NodeOutput(*outputs, ui=text_ui(prompts, sims, results))
 
 
 class InvertImage(_ImagePromptNode):

@@ -41,7 +41,7 @@ def checkpoint_files() -> list[str]:
 
 
 def model_options() -> list[str]:
-    return [*pez_core.PRESETS, *bundled_models(), *checkpoint_files()]
+    return [*pez_core.PRESETS, *pez_core.JOINT_PRESETS, *bundled_models(), *checkpoint_files()]
 
 
 def _local_preset_file(name: str) -> str | None:
@@ -103,7 +103,12 @@ class LoadModel(io.ComfyNode):
     def execute(cls, model: str, precision: str, device: str) -> io.NodeOutput:
         target = mm.get_torch_device() if device == "auto" else device
         try:
-            loaded = pez_core.load_model(resolve(model), device=target, precision=precision)
+            if model in pez_core.JOINT_PRESETS:  # each part from the pez folder when saved there, as a preset is
+                preset = pez_core.JOINT_PRESETS[model]
+                loaded = pez_core.combine([pez_core.load_model(resolve(part), device=target, precision=precision)
+                                           for part in preset.parts], preset.weights)
+            else:
+                loaded = pez_core.load_model(resolve(model), device=target, precision=precision)
         except pez_core.WeightsNotAvailableError as e:
             # the same error, with where this ComfyUI looks (one message in the log, not two)
             where = f" This ComfyUI's pez model folders: {model_folders()}."

@@ -14,6 +14,7 @@ import torch
 
 from .engine import LR_SCHEDULES, PezConfig
 from .errors import PezError
+from .joint import combine
 from .models import DEFAULT_MODEL, MAX_PROMPT_TOKENS, PRECISIONS, available_models, load_model
 from .tasks import DEFAULT_NEGATIVE_WEIGHT
 from .vocab import VOCAB_MODES
@@ -32,9 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=DEFAULT_MODEL,
-                        help="preset, bundled model, open_clip architecture or checkpoint path (see `models`)")
-    common.add_argument("--pretrained", help="pretrained tag, weights path, or 'none' for random weights")
+    common.add_argument("--model", action="append", help=(
+        f"preset, bundled model, open_clip architecture or checkpoint path (see `models`; default {DEFAULT_MODEL}); "
+        "repeat it to learn one prompt for several models at once"))
+    common.add_argument("--pretrained", action="append", help=(
+        "pretrained tag, weights path, or 'none' for random weights; repeated, the n-th goes with the "
+        "n-th --model"))
+    common.add_argument("--model-weight", action="append", type=float, help=(
+        "how much each --model counts in a joint prompt (default: equally); one per --model, in order"))
     common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     common.add_argument("--precision", default="auto", choices=PRECISIONS)
     common.add_argument("--json", action="store_true", help="one JSON object per result on stdout")
@@ -100,13 +106,28 @@ class _ProgressBar:
         self.bar.close()
 
 
+def _load_models(args: argparse.Namespace):
+    """One model, or several (repeated --model, or a joint preset) combined with their --model-weight."""
+    names = args.model or [DEFAULT_MODEL]
+    tags, weights = args.pretrained or [], args.model_weight
+    if len(tags) > len(names):
+        raise PezError(f"{len(tags)} --pretrained for {len(names)} --model; give at most one per --model, in order")
+    if weights is not None and len(weights) != len(names):
+        raise PezError(f"{len(weights)} --model-weight for {len(names)} --model; give one per --model, in order")
+    models = [load_model(name, tags[i] if i < len(tags) else None, args.device, args.precision)
+              for i, name in enumerate(names)]
+    return models[0] if len(models) == 1 and weights is None else combine(models, weights)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     from . import tasks
 
-    model = load_model(args.model, args.pretrained, args.device, args.precision)
+    model = _load_models(args)
     if args.command == "score":
-        sims = tasks.score(model, args.text, _open_images(args.images))
-        return [{"text": t, "image": str(p), "similarity": float(sims[i, j])}
+        images = _open_images(args.images)
+        sims, each = tasks.score(model, args.text, images), tasks.score_each(model, args.text, images)
+        return [{"text": t, "image": str(p), "similarity": float(sims[i, j]),
+                 "similarities": [float(s[i, j]) for s in each]}
                 for i, t in enumerate(args.text) for j, p in enumerate(args.images)]
     config = PezConfig(prompt_len=args.prompt_len, steps=args.steps, restarts=args.restarts, seed=args.seed,
                        lr=args.lr, weight_decay=args.weight_decay, vocab=args.vocab, blocklist=args.blocklist,
@@ -125,7 +146,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             named = [(args.text, tasks.distill(model, args.text, config, ratio=args.ratio, callback=bar))]
     finally:
         bar.close()
-    return [{"input": source, **result.to_dict()} for source, result in named]
+    # "similarities": each model's, in --model order (one model: its similarity alone)
+    return [{"input": source, "similarities": [result.similarity], **result.to_dict()} for source, result in named]
 
 
 def main(argv: list[str] | None = None) -> int:

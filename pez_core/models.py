@@ -46,6 +46,21 @@ PRESETS: dict[str, Preset] = {
     "ViT-B-32 · laion2b_s34b_b79k": Preset("ViT-B-32", "laion2b_s34b_b79k", "fast, for drafts"),
 }
 DEFAULT_MODEL = "ViT-L-14 · openai"
+
+
+@dataclass(frozen=True)
+class JointPreset:
+    """Presets optimised for at once (``pez_core.joint``): one prompt for every text encoder of a pipeline."""
+    parts: tuple[str, ...]          # names in PRESETS
+    weights: tuple[float, ...]
+    serves: str
+
+
+JOINT_PRESETS: dict[str, JointPreset] = {
+    "SDXL (ViT-L-14 · openai + ViT-bigG-14 · laion2b_s39b_b160k)": JointPreset(
+        ("ViT-L-14 · openai", "ViT-bigG-14 · laion2b_s39b_b160k"), (1.0, 1.0),
+        "SDXL's two encoders (also SD3's two CLIPs)"),
+}
 BUNDLED_DESCRIPTIONS = {
     "shapes-demo": "demo model trained here; it only knows coloured shapes (works offline)",
 }
@@ -60,6 +75,7 @@ def bundled_models() -> dict[str, Path]:
 def available_models() -> list[tuple[str, str]]:
     """(usable name, description) for the presets and bundled models."""
     rows = [(name, f"{p.serves}; downloads on first use") for name, p in PRESETS.items()]
+    rows += [(name, f"{p.serves}; downloads on first use") for name, p in JOINT_PRESETS.items()]
     rows += [(name, BUNDLED_DESCRIPTIONS[name]) for name in bundled_models()]
     return rows
 
@@ -253,7 +269,12 @@ class _Source:
 
 def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = None,
                device: str | torch.device = "auto", precision: str = "auto") -> PezModel:
-    """Load (or fetch from the cache) a model for PEZ. See the module docstring for ``name``."""
+    """Load (or fetch from the cache) a model for PEZ. See the module docstring for ``name``.
+    A joint preset (``JOINT_PRESETS``) gives a ``pez_core.joint.JointModel`` of its parts."""
+    if isinstance(name, str) and name.strip() in JOINT_PRESETS and pretrained is None:
+        from .joint import combine
+        preset = JOINT_PRESETS[name.strip()]
+        return combine([load_model(part, None, device, precision) for part in preset.parts], preset.weights)
     device = resolve_device(device)
     dtype = resolve_dtype(precision, device)
     source = _resolve(name, pretrained)
@@ -267,7 +288,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = None,
 
 
 def _known_names() -> str:
-    return ", ".join([*PRESETS, *bundled_models()])
+    return ", ".join([*PRESETS, *JOINT_PRESETS, *bundled_models()])
 
 
 def _resolve(name: str, pretrained: str | None) -> _Source:

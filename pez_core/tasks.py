@@ -1,16 +1,24 @@
-"""What users ask PEZ for: invert images, find a shared style, distill a text, score prompts."""
+"""What users ask PEZ for: invert images, find a shared style, distill a text, score prompts.
+
+Each task takes one ``PezModel`` or several (a list, or a ``JointModel`` from ``pez_core.combine``):
+with several, one prompt is optimised for all of them at once (``pez_core.joint``) and each result
+also reports every model's similarity (``JointResult.similarities``).
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
+from . import joint
 from .engine import Callback, PezConfig, PezResult, optimize
 from .errors import PezError
 from .images import split_batch
 from .models import MAX_PROMPT_TOKENS, PezModel
 from .objective import Objective
+
+Targets = list[list[tuple[torch.Tensor, float]]]  # per problem: (feature, weight) pairs
 
 DEFAULT_NEGATIVE_WEIGHT = 0.5  # how hard each negative image or text pushes the prompt away
 
@@ -35,24 +43,36 @@ def _image_features(model: PezModel, images) -> torch.Tensor:
     return model.encode_images(images)
 
 
-def invert(model: PezModel, images, config: PezConfig | None = None, *, negative_images=None,
+def _optimize(model: joint.AnyModel, targets_of: Callable[[PezModel], Targets], config: PezConfig | None,
+              callback: Callback | None) -> list[PezResult]:
+    """Targets as each model encodes them (its own image or text tower), then one search over all models."""
+    if isinstance(model, PezModel):  # one model: exactly the single-model search
+        return optimize(model, Objective.stack(targets_of(model)), config, callback)
+    models = model if isinstance(model, joint.JointModel) else joint.combine(model)
+    objectives = [Objective.stack(targets_of(m)) for m in models.models]
+    return joint.optimize(models, objectives, config, callback)
+
+
+def invert(model: joint.AnyModel, images, config: PezConfig | None = None, *, negative_images=None,
            negative_texts: str | Sequence[str] | None = None, negative_weight: float = DEFAULT_NEGATIVE_WEIGHT,
            callback: Callback | None = None) -> list[PezResult]:
     """One prompt per image; all images are optimised together in one batch."""
-    feats = _image_features(model, images)
-    negatives = _negatives(model, negative_images, negative_texts, negative_weight)
-    targets = [[(feat, 1.0), *negatives] for feat in feats]
-    return optimize(model, Objective.stack(targets), config, callback)
+    def targets(m: PezModel) -> Targets:
+        feats = _image_features(m, images)
+        negatives = _negatives(m, negative_images, negative_texts, negative_weight)
+        return [[(feat, 1.0), *negatives] for feat in feats]
+    return _optimize(model, targets, config, callback)
 
 
-def style(model: PezModel, images, config: PezConfig | None = None, *, negative_images=None,
+def style(model: joint.AnyModel, images, config: PezConfig | None = None, *, negative_images=None,
           negative_texts: str | Sequence[str] | None = None, negative_weight: float = DEFAULT_NEGATIVE_WEIGHT,
           callback: Callback | None = None) -> PezResult:
     """One prompt for all images jointly: what they share (their style, their subject)."""
-    feats = _image_features(model, images)
-    negatives = _negatives(model, negative_images, negative_texts, negative_weight)
-    targets = [[(feat, 1.0 / len(feats)) for feat in feats] + negatives]
-    return optimize(model, Objective.stack(targets), config, callback)[0]
+    def targets(m: PezModel) -> Targets:
+        feats = _image_features(m, images)
+        negatives = _negatives(m, negative_images, negative_texts, negative_weight)
+        return [[(feat, 1.0 / len(feats)) for feat in feats] + negatives]
+    return _optimize(model, targets, config, callback)[0]
 
 
 def distill_length(model: PezModel, text: str, ratio: float) -> int:
@@ -62,21 +82,24 @@ def distill_length(model: PezModel, text: str, ratio: float) -> int:
     return max(1, min(MAX_PROMPT_TOKENS, round(ratio * len(model.tokenize(text)))))
 
 
-def distill(model: PezModel, text: str, config: PezConfig | None = None, *, ratio: float | None = None,
+def distill(model: joint.AnyModel, text: str, config: PezConfig | None = None, *, ratio: float | None = None,
             callback: Callback | None = None) -> PezResult:
     """A shorter prompt with the meaning of ``text`` (texts over 75 tokens are chunked, not cut)."""
     if not isinstance(text, str) or not text.strip():
         raise PezError("the prompt to distill is empty; give it some words")
     config = config or PezConfig()
     if ratio is not None:
-        config = dataclasses.replace(config, prompt_len=distill_length(model, text, ratio))
-    target = model.encode_texts([text])[0]
-    return optimize(model, Objective.stack([[(target, 1.0)]]), config, callback)[0]
+        config = dataclasses.replace(config, prompt_len=distill_length(joint.members(model)[0][0], text, ratio))
+    return _optimize(model, lambda m: [[(m.encode_texts([text])[0], 1.0)]], config, callback)[0]
 
 
-def score(model: PezModel, texts: str | Sequence[str], images=None,
+def score(model: joint.AnyModel, texts: str | Sequence[str], images=None,
           other_texts: str | Sequence[str] | None = None) -> torch.Tensor:
-    """Cosine similarity (n_texts, n_targets) of texts to images and/or other texts, in [-1, 1]."""
+    """Cosine similarity (n_texts, n_targets) of texts to images and/or other texts, in [-1, 1].
+    Several models: the weighted mean of their similarities (``score_each`` gives each model's)."""
+    if not isinstance(model, PezModel):
+        each = score_each(model, texts, images, other_texts)
+        return sum(w * sims for (_, w), sims in zip(joint.members(model), each))
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise PezError("no text to score was given")
@@ -90,3 +113,9 @@ def score(model: PezModel, texts: str | Sequence[str], images=None,
         raise PezError("nothing to score against: give images or other texts")
     with torch.no_grad():
         return (model.encode_texts(texts) @ torch.cat(targets).T).clamp(-1, 1).cpu()
+
+
+def score_each(model: joint.AnyModel, texts: str | Sequence[str], images=None,
+               other_texts: str | Sequence[str] | None = None) -> list[torch.Tensor]:
+    """``score`` under each model a (joint) model stands for, in model order."""
+    return [score(m, texts, images, other_texts) for m, _ in joint.members(model)]

@@ -25,6 +25,7 @@ PEZ_DISPLAY_NAMES = {
     "PEZ_StylePrompt": "Style Prompt from Images",
     "PEZ_ConcatPrompts": "Concat Prompts",
     "PEZ_PromptSimilarity": "PEZ Prompt Similarity",
+    "PEZ_CombineModels": "PEZ Combine Models",
 }
 DEMO_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "pez-demo-shape.png"
 # name -> (size, mode, background, shape colour, shape): RGB and RGBA PNGs of different sizes

@@ -25,7 +25,7 @@ from helpers import PEZ_DISPLAY_NAMES as DISPLAY_NAMES, TINY_MODEL
 PACK_MODULE = "custom_nodes.pez_hard_prompts"
 REPO = Path(__file__).resolve().parents[1]
 NODE_LIST = REPO / "node_list.json"
-TEXT_NODES = set(DISPLAY_NAMES) - {"PEZ_LoadModel"}
+TEXT_NODES = set(DISPLAY_NAMES) - {"PEZ_LoadModel", "PEZ_CombineModels"}  # the model nodes
 LIVE_KEYS = {"node", "display_node", "step", "total", "similarity", "prompt"}  # the web extension's contract
 LIVE_EXTRA = {"prompt_id", "prompts", "similarities"}
 LONG_TEXT = ("a highly detailed oil painting of an old lighthouse on a rocky cliff at sunset, dramatic clouds, "

@@ -59,8 +59,8 @@ def runnable_part(graph: dict[str, dict[str, Any]], models_dir: Path) -> dict[st
     return part
 
 
-def test_there_are_five_examples() -> None:
-    assert len(FILES) == 5, FILES
+def test_there_are_six_examples() -> None:
+    assert len(FILES) == 6, FILES
 
 
 def test_templates_are_served(comfy_server: ComfyServer) -> None:
