@@ -4,8 +4,11 @@ The full study (every vocabulary, length, restarts, baselines) is ``benchmarks/q
 table is in ``benchmarks/README.md``. This is the fast regression check of its most reliable setting.
 """
 
+import importlib.util
 import os
+import sys
 import time
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -13,8 +16,14 @@ import pytest
 
 import pez_core
 from pez_core import PezConfig, shapes
-from benchmarks.quality import WORLD_WORDS, match_single
 from pez_core.models import bundled_models
+
+# by path: the repository root is kept off sys.path (its nodes/ would shadow ComfyUI's), so no `benchmarks.` import
+_SPEC = importlib.util.spec_from_file_location(
+    "quality_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py")
+quality = sys.modules.setdefault(_SPEC.name, importlib.util.module_from_spec(_SPEC))  # dataclasses look it up
+_SPEC.loader.exec_module(quality)
+WORLD_WORDS, match_single = quality.WORLD_WORDS, quality.match_single
 
 HELD_OUT_SEED = 424_242  # training draws from seeds [0, step], its evaluation from 12345
 IMAGES = 10
