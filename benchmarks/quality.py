@@ -277,10 +277,17 @@ def zero_shot_correct(model, images, scenes) -> list[bool]:
     return right
 
 
-def tied_rows(model) -> int:
-    """How many token-embedding rows share the most common row (the demo ties every non-world token to one)."""
-    _, counts = torch.unique(model.token_embeddings.detach().float().cpu(), dim=0, return_counts=True)
-    return int(counts.max())
+def distinct_rows(model) -> int:
+    """How many different token-embedding rows the model has (an earlier demo tied 49,374 of them to one)."""
+    return len(torch.unique(model.token_embeddings.detach().float().cpu(), dim=0))
+
+
+def seed_spread(model, images, seeds: list[int], L: int, steps: int) -> tuple[list[int], list[list[str]]]:
+    """Per image: how many different prompts the given seeds give (node defaults otherwise: 1 restart on CPU,
+    vocabulary ``words``), and the prompts themselves (one list per seed)."""
+    prompts = [[r.prompt for r in pez_core.invert(model, images, PezConfig(prompt_len=L, steps=steps, seed=s))]
+               for s in seeds]
+    return [len({p[i] for p in prompts}) for i in range(len(images))], prompts
 
 
 def describe(scene: shapes.Scene) -> str:
@@ -305,6 +312,10 @@ def main() -> None:
     parser.add_argument("--reference-images", type=int, default=10,
                         help="the naive reference loop runs on the first N single-object images (it is slow); 0: skip")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,11,12345",
+                        help="seed spread: these seeds on the first --spread-images single-object images "
+                             "(length --long, or 16; words; 1 restart); empty: skip")
+    parser.add_argument("--spread-images", type=int, default=3)
     parser.add_argument("--out", help="also write the markdown tables here")
     parser.add_argument("--json", help="also write every prompt of every setting here")
     args = parser.parse_args()
@@ -379,18 +390,29 @@ def main() -> None:
                      f"{1000 * ref.outcome.seconds / k / args.steps:.0f} ms/step; the engine "
                      f"{mean(engine.outcome.similarities[:k]):.3f}, {sum(e_hits)}/{k}.")
 
+    spread_note = ""
+    if args.seeds and args.spread_images:
+        seeds, k = [int(x) for x in args.seeds.split(",")], min(args.spread_images, n)
+        counts, spread_prompts = seed_spread(model, single_images[:k], seeds, args.long or 16, args.steps)
+        spread_words = [p for per_seed in spread_prompts for p in per_seed]
+        spread_note = (f"Seed spread (seeds {args.seeds}, L={args.long or 16}, words, 1 restart, {args.steps} steps) "
+                       f"on single-object images 1–{k}: {', '.join(map(str, counts))} different prompts of "
+                       f"{len(seeds)}; junk tokens {100 * junk_share(model, spread_words, world):.0f} %; recall "
+                       f"{sum(match_single(p, single_scenes[i]).recall for per in spread_prompts for i, p in enumerate(per))}"
+                       f"/{len(spread_words)}.\n")
+        print(spread_note, flush=True)
     model_right = zero_shot_correct(model, single_images, single_scenes)
     single_table, pair_table = tables(model, rows, n, scenes, world, model_right)
-    tied = tied_rows(model)
+    distinct = distinct_rows(model)
     header = (f"Model `{args.model}` on {model.device} ({platform.machine()}, {torch.get_num_threads()} thread(s)), "
               f"{args.steps} steps, seed {args.seed}; {n} single-object images (seed {SINGLE_SEED}), "
               f"{args.pairs} two-object images (seed {PAIR_SEED}); {datetime.date.today().isoformat()}; "
               f"total {time.perf_counter() - began:.0f} s.\n"
               f"The model itself classifies colour and shape right (zero-shot) on {sum(model_right)}/{n} "
-              f"single-object images. {tied} of its {len(model.token_embeddings)} token rows share one embedding.\n"
+              f"single-object images. {distinct} of its {len(model.token_embeddings)} token rows are distinct.\n"
               f"Image 1 (single): {describe(single_scenes[0])}."
               + (f" Image 1 (two objects): {describe(pair_scenes[0])}." if pair_scenes else ""))
-    text = (f"{header}\n\nSingle-object images:\n\n{single_table}\n\n" + "".join(f"{x}\n" for x in notes)
+    text = (f"{header}\n\nSingle-object images:\n\n{single_table}\n\n" + "".join(f"{x}\n" for x in notes) + spread_note
             + (f"\nTwo-object images:\n\n{pair_table}\n" if pair_scenes else ""))
     print()
     print(text)

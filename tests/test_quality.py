@@ -13,8 +13,8 @@ import pytest
 
 import pez_core
 from pez_core import PezConfig, shapes
-from quality import WORLD_WORDS, match_single
 from pez_core.models import bundled_models
+from quality import WORLD_WORDS, match_single  # benchmarks/ is on sys.path (conftest.py)
 
 HELD_OUT_SEED = 424_242  # training draws from seeds [0, step], its evaluation from 12345
 IMAGES = 10

@@ -2,7 +2,12 @@
 
 Deterministic (fixed seeds, single process + one data worker seeded per step), CPU-only:
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m training.train_shapes_clip --out-dir pez_core/bundled
+    HF_HUB_OFFLINE=1 .venv/bin/python -m training.train_shapes_clip --out-dir /tmp/stage1    # tied unused rows
+    HF_HUB_OFFLINE=1 .venv/bin/python -m training.train_shapes_clip --init-from /tmp/stage1/shapes-demo \
+        --spread-words 0.15 --spread-other 0.4 --seed 1 --steps 400 --lr 5e-4 --warmup 50 --p-junk 0.5 \
+        --eval-every 200 --out-dir pez_core/bundled                                        # distinct rows
+
+(the exact commands are in training/README.md).
 
 Writes <out-dir>/<name>.safetensors (fp16 state dict, keys as model.state_dict()) and
 <out-dir>/<name>.json (the open_clip model config).
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import open_clip  # noqa: E402
 from open_clip.tokenizer import SimpleTokenizer  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 from pez_core import shapes  # noqa: E402
 
@@ -47,11 +52,37 @@ def null_remap() -> torch.Tensor:
     return remap
 
 
+def unused_mask() -> torch.Tensor:
+    """True for every row that is not a world word, SOT or EOT (49,374 rows)."""
+    return null_remap() == NULL_ID
+
+
+@torch.no_grad()
+def spread_unused_rows(model: open_clip.CLIP, spread_words: float, spread_other: float, seed: int) -> torch.Tensor:
+    """Give every unused row its own embedding: the trained null row plus Gaussian noise of norm ~spread x |null|.
+
+    The rows stay in a cone around the meaningless null direction (half-angle ~atan(spread)), so a random PEZ start
+    is a distinct, meaningless point and the world words stay the nearest tokens once the prompt means something.
+    Rows that the ``words`` vocabulary excludes (sub-word pieces, punctuation, emoji) get the wider spread, so
+    ``full`` reaches junk that ``words`` keeps out, as on real CLIPs. Returns the new unused rows (kept frozen)."""
+    from pez_core.vocab import _mode_ids
+
+    w = model.token_embedding.weight
+    null = w[NULL_ID].clone()
+    noise = torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)) / w.shape[1] ** 0.5 * null.norm()
+    is_word = torch.zeros(len(w), dtype=torch.bool)
+    is_word[list(_mode_ids(_tok, "words"))] = True
+    spread = torch.where(is_word, spread_words, spread_other)[:, None]
+    unused = unused_mask()
+    w[unused] = (null + spread * noise)[unused]
+    return w[unused].clone()
+
+
 @torch.no_grad()
 def tie_unused_rows(model: open_clip.CLIP) -> None:
     """Copy the trained null row into every non-world row, so the shipped model matches training."""
     w = model.token_embedding.weight
-    unused = null_remap() == NULL_ID
+    unused = unused_mask()
     w[unused] = w[NULL_ID].clone()
 
 
@@ -195,13 +226,30 @@ def main() -> None:
     p.add_argument("--p-junk", type=float, default=0.25, help="fraction of captions with random tokens inserted")
     p.add_argument("--max-junk", type=int, default=3)
     p.add_argument("--tie-unused", type=int, default=1, help="1: all non-world tokens share one trained null row")
+    p.add_argument("--init-from", type=Path, help="fine-tune this model (<stem>.safetensors + <stem>.json) "
+                   "instead of training from scratch; its config replaces the architecture options")
+    p.add_argument("--spread-words", type=float, default=0.0,
+                   help="> 0: unused rows become null + noise of this relative norm (frozen; see spread_unused_rows)")
+    p.add_argument("--spread-other", type=float, default=0.0, help="the same for rows that the words vocabulary excludes")
+    p.add_argument("--spread-seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the data worker uses another core)")
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
-    cfg = model_config(a)
-    model = build_model(cfg, a.seed, a.tok_init_std)
+    if a.init_from:
+        cfg = json.loads(a.init_from.with_suffix(".json").read_text())
+        model = open_clip.CLIP(**cfg)
+        model.load_state_dict({k: v.float() for k, v in load_file(str(a.init_from.with_suffix(".safetensors"))).items()})
+        print(f"fine-tuning {a.init_from}: zero-shot before {zero_shot(model)}")
+    else:
+        cfg = model_config(a)
+        model = build_model(cfg, a.seed, a.tok_init_std)
+    spread = a.spread_words > 0 or a.spread_other > 0
+    if spread:
+        a.tie_unused = 0
+        frozen_rows = spread_unused_rows(model, a.spread_words, a.spread_other, a.spread_seed)
+        unused = unused_mask()
     n_params = sum(t.numel() for t in model.parameters())
     print(f"config {json.dumps(cfg)}\nparams {n_params:,} (visual {sum(t.numel() for t in model.visual.parameters()):,})")
 
@@ -226,6 +274,9 @@ def main() -> None:
         loss.backward()
         opt.step()
         sched.step()
+        if spread:  # the spread rows stay where they were put (AdamW's decay would shrink them)
+            with torch.no_grad():
+                model.token_embedding.weight[unused] = frozen_rows
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % 50 == 0 or step == a.steps - 1:
