@@ -67,8 +67,8 @@ def hub_weights(repo_id: str, filenames: list[str], *, what: str, arch: str, tag
         raise
     except PezError as e:
         raise _failure(what, repo_id, filenames[0], arch, tag, str(e)) from None
-    text = (f"downloading {what}: {filename} from huggingface.co/{repo_id}, {size / 1e9:.2f} GB, "
-            "into the Hugging Face cache (once)")
+    text = (f"downloading {what} ({filename}, {_size_text(size)}) from {file_url(repo_id, filename)} "
+            "into the Hugging Face cache; only this once")
     log.info(text)
     if watcher is not None:
         watcher.announce(text)
@@ -78,6 +78,10 @@ def hub_weights(repo_id: str, filenames: list[str], *, what: str, arch: str, tag
         raise
     except PezError as e:
         raise _failure(what, repo_id, filename, arch, tag, str(e)) from None
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 def _failure(what: str, repo_id: str, filename: str, arch: str, tag: str, why: str) -> WeightsNotAvailableError:

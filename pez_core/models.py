@@ -386,7 +386,7 @@ def _check_config(config: dict, where: Path) -> None:
         for key, value in section.items():
             if isinstance(value, dict):
                 walk(value, f"{prefix}{key}.")
-            elif key in CONFIG_LIMITS:
+            elif key in CONFIG_LIMITS and value is not None:  # None: open_clip's default
                 values = value if isinstance(value, (list, tuple)) and value else [value]
                 if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= CONFIG_LIMITS[key]
                            for v in values):
@@ -491,12 +491,12 @@ def _create(source: _Source, device: str):
 def _build(source: _Source):
     """Check on the meta device (no memory), then build for real and load the weights."""
     blueprint = _create(source, "meta")
+    weights_bytes = sum(p.numel() for p in blueprint.parameters()) * 4  # built in fp32
+    _check_room(source, weights_bytes * (2 if source.weights is not None else 1))  # + the state dict
     expected = {k: tuple(v.shape) for k, v in blueprint.state_dict().items() if "attn_mask" not in k}
     shapes, state = _checkpoint_shapes(source.weights) if source.weights is not None else ({}, None)
     if source.weights is not None:
         _check_fit(source, expected, shapes)
-    weights_bytes = sum(p.numel() for p in blueprint.parameters()) * 4  # built in fp32
-    _check_room(source, weights_bytes * (2 if source.weights is not None else 1))  # + the state dict
     clip = _create(source, "cpu")
     if source.weights is None:
         return clip
