@@ -156,6 +156,16 @@ class LoadModel(io.ComfyNode):
         return check_choices(precision=(precision, PRECISIONS))
 
     @classmethod
+    def fingerprint_inputs(cls, model: str, precision: str, device: str) -> Any:
+        """A checkpoint replaced on disk (other size or mtime) makes ComfyUI run the node again."""
+        try:
+            path = Path(resolve(model))
+            stat = path.stat() if path.is_file() else None
+        except (pez_core.PezError, OSError):
+            return model
+        return (model, stat.st_size, stat.st_mtime_ns) if stat else model
+
+    @classmethod
     def execute(cls, model: str, precision: str, device: str) -> io.NodeOutput:
         check_choice("device", device, DEVICES)
         target = mm.get_torch_device() if device == "auto" else device
