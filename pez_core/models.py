@@ -10,11 +10,13 @@ the architecture (built on the meta device, no memory) and the memory the model 
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import pickle
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -249,9 +251,24 @@ _CACHE_LOCK = threading.Lock()
 def clear_cache() -> int:
     """Forget every cached model (their memory returns once no caller holds them); how many there were."""
     with _CACHE_LOCK:
-        n = len(_CACHE)
+        dropped = list(_CACHE.values())
         _CACHE.clear()
-    return n
+    for model in dropped:
+        _forget(model)
+    return len(dropped)
+
+
+def _forget(model: PezModel) -> None:
+    """Once a dropped model is collected, hand the freed heap back to the OS: glibc keeps freed pages
+    otherwise (measured: RSS stayed 0.35 GB above the start after a ViT-B-32 was freed, until trimmed)."""
+    weakref.finalize(model, _trim_heap)
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def cached_models() -> list[PezModel]:
@@ -299,6 +316,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = None, device:
             return _CACHE[key]
         while len(_CACHE) >= MAX_CACHED_MODELS:  # make room before building: the old one's memory comes back
             _, dropped = _CACHE.popitem(last=False)
+            _forget(dropped)
             log.info("model cache: dropped %s (keeping the %d most recent)", dropped, MAX_CACHED_MODELS)
         _CACHE[key] = PezModel(_build(source), name, device, dtype)
         log.info("loaded %s (%s) on %s as %s", name, source.weights, device, dtype)
