@@ -22,7 +22,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
 from comfy_harness import ComfyServer, PromptRejected  # noqa: E402
-from fake_hub import FakeHub, closed_port  # noqa: E402
+from fake_hub import FakeHub, SilentHub, closed_port  # noqa: E402
 from helpers import TINY_CONFIG, TINY_MODEL, png_bytes, write_tiny_checkpoint  # noqa: E402
 
 WORD = "".join(random.Random(0).choice(string.ascii_lowercase) for _ in range(60_000))
@@ -129,15 +129,25 @@ def row(case: str, outcome: str, message: str, seconds: float) -> None:
     print(f"| {case} | {outcome} | {message} | {seconds:.2f} |", flush=True)
 
 
-def download_cases() -> None:
-    port = closed_port()
-    cache = Path(tempfile.mkdtemp(prefix="pez-hostile-hf-"))
+def online(cache: Path, endpoint: str) -> ComfyServer:
+    """A started ComfyUI that may download (HF_HUB_OFFLINE unset), from ``endpoint`` on loopback."""
     server = ComfyServer(env={"HF_HOME": str(cache), "HF_HUB_OFFLINE": "0", "OMP_NUM_THREADS": "1",
-                              "HF_ENDPOINT": f"http://127.0.0.1:{port}"})
-    server.start()
+                              "HF_ENDPOINT": endpoint})
+    return server.start()
+
+
+def download_cases() -> None:
+    port, cache = closed_port(), Path(tempfile.mkdtemp(prefix="pez-hostile-hf-"))
+    preset = model("ViT-B-32 · laion2b_s34b_b79k")
+    with SilentHub() as silent:  # takes the connection, never answers
+        server = online(cache, silent.url)
+        try:
+            row("Load Model: preset, hub never answers", *answer(server, preset))
+        finally:
+            server.stop()
+    server = online(cache, f"http://127.0.0.1:{port}")
     try:
-        write_tiny_checkpoint(server.models_dir, Path(TINY_MODEL).stem)
-        row("Load Model: preset, hub unreachable", *answer(server, model("ViT-B-32 · laion2b_s34b_b79k")))
+        row("Load Model: preset, hub port closed", *answer(server, preset))
         repo = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
         with FakeHub({f"{repo}/open_clip_model.safetensors": (bytes(64 << 20), 0.05)}, port=port):
             prompt_id = server.queue(model("ViT-H-14 · laion2b_s32b_b79k"))

@@ -30,6 +30,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from .download import Watcher, hub_weights, save_hint
 from .errors import ModelLoadError, PezError, WeightsNotAvailableError
 from .images import preprocess
+from .limits import check_interrupt
 from .vocab import ClipTokenizer
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ class PezModel:
         feats: list = [None] * len(chunks)
         for same_length in by_length.values():
             for idx in _batched(same_length, TEXT_BATCH):
+                check_interrupt()  # a long text is many batches: Cancel is seen between them
                 for j, feat in zip(idx, self.encode_ids(torch.tensor([chunks[j] for j in idx]))):
                     feats[j] = feat
         owner_t = torch.tensor(owner, device=self.device)

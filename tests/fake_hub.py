@@ -22,6 +22,23 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+class SilentHub:
+    """A loopback port that takes connections and never answers (a hub behind a dead route)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)  # the kernel completes handshakes; nothing ever reads or replies
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "SilentHub":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+
+
 class FakeHub:
     def __init__(self, files: dict[str, tuple[bytes, float]], port: int = 0):
         self.files = files  # "org/repo/filename" -> (content, seconds between chunks)

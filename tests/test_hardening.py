@@ -13,7 +13,7 @@ import torch
 import pez_core
 from pez_core import ModelLoadError, PezConfig, PezError, WeightsNotAvailableError, download, engine, limits, models
 from pez_core import vocab
-from fake_hub import FakeHub, closed_port
+from fake_hub import FakeHub, SilentHub, closed_port
 from helpers import TINY_CONFIG, write_tiny_checkpoint
 
 
@@ -230,6 +230,15 @@ def test_unreachable_hub_fails_with_the_file_to_save(online):
     assert "could not download the weights of ViT-B-32 / laion2b_s34b_b79k" in message
     assert f"{PRESET_REPO}/resolve/main/open_clip_model.safetensors" in message
     assert "models/pez/ViT-B-32-laion2b_s34b_b79k.safetensors" in message
+
+
+def test_a_hub_that_never_answers_fails_at_the_deadline(online, monkeypatch):
+    monkeypatch.setattr(download, "CONNECT_TIMEOUT_S", 1.0)  # 8 s in use; benchmarks/hostile.py times it
+    with SilentHub() as hub:
+        online(hub.url)
+        with pytest.raises(WeightsNotAvailableError) as error:
+            pez_core.load_model("ViT-B-32 · laion2b_s34b_b79k", device="cpu")
+    assert "models/pez/ViT-B-32-laion2b_s34b_b79k.safetensors" in str(error.value)
 
 
 def test_download_reports_size_and_progress_and_can_be_cancelled(online):
