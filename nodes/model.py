@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,6 @@ class DownloadOnNode:
         send_node_text(self.node, f"{text}; Cancel stops it")
 
     def progress(self, done: int, total: int) -> None:
-        import time
-
         now = time.monotonic()
         if self.bar is None or total != self.total:
             self.bar, self.total = comfy.utils.ProgressBar(total), total
