@@ -235,7 +235,10 @@ class PezModel:
         pixels = preprocess(images, self.image_size, self.image_mean, self.image_std)
         visual = self.clip.visual.to(self.device)
         try:
-            feats = [visual(batch.to(self.device, self.dtype)) for batch in pixels.split(32)]
+            feats = []
+            for batch in pixels.split(32):
+                check_interrupt()  # hundreds of images take a while: Cancel is seen between batches
+                feats.append(visual(batch.to(self.device, self.dtype)))
         finally:
             visual.to(self._vision_device)
         return F.normalize(torch.cat(feats).float(), dim=-1)
