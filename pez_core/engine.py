@@ -166,10 +166,9 @@ def check_memory(scorer: Scorer, config: PezConfig) -> None:
     budget = free * MEMORY_SHARE
     if need(P, R, L) <= budget:
         return
-    fixes = [f"restarts from {R} to {r}" for r in [max((r for r in range(1, R) if need(P, r, L) <= budget),
-                                                       default=0)] if r]
-    fixes += [f"prompt_length from {L} to {n}" for n in [max((n for n in range(1, L) if need(P, R, n) <= budget),
-                                                             default=0)] if n]
+    r = max((r for r in range(1, R) if need(P, r, L) <= budget), default=0)  # the most restarts that fit
+    n = max((n for n in range(1, L) if need(P, R, n) <= budget), default=0)  # the longest prompt that fits
+    fixes = [f"restarts from {R} to {r}"] * bool(r) + [f"prompt_length from {L} to {n}"] * bool(n)
     low, high = 0, P  # the most problems (e.g. images) that fit, by bisection
     while low < high:
         mid = (low + high + 1) // 2
