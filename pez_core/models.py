@@ -556,8 +556,8 @@ def _check_fit(source: _Source, expected: dict[str, tuple], shapes: dict[str, tu
             if of_tower:
                 log.warning("%s: %d %s %s-tower weights (%s%s)%s", source.weights, len(of_tower), what, tower,
                             ", ".join(of_tower[:3]), "…" if len(of_tower) > 3 else "",
-                            "; they stay random, image features will be meaningless"
-                            if what == "missing" and tower == "vision" else "; ignored")
+                            "; ignored" if what == "unexpected" else "; they keep their initial values"
+                            + (", so image features mean nothing" if tower == "vision" else ""))
 
 
 def _check_room(source: _Source, needed: int) -> None:
