@@ -16,9 +16,13 @@ import torch
 from comfy_api.latest import io
 
 from .. import pez_core
+from ..pez_core.limits import check_text, set_interrupt_check
+from ..pez_core.models import clip_tokenizer
 from .stop import stop_requested
 
 log = logging.getLogger(__name__)
+# pez_core's long loops (tokenizing big texts, downloads) see ComfyUI's Cancel
+set_interrupt_check(mm.throw_exception_if_processing_interrupted)
 
 CATEGORY = "PEZ"
 DEFAULTS = pez_core.PezConfig()
@@ -99,10 +103,22 @@ def negative_inputs() -> list[io.Input]:
 
 def make_config(*, prompt_length: int, steps: int, seed: int, vocabulary: str, restarts: int = 0,
                 learning_rate: float = DEFAULTS.lr, blocklist: str | None = "") -> pez_core.PezConfig:
-    """The widgets' values as a PezConfig (0 restarts: the engine's choice for the device)."""
-    return pez_core.PezConfig(
-        prompt_len=int(prompt_length), steps=int(steps), restarts=int(restarts) or None, lr=float(learning_rate),
-        seed=int(seed), vocab=vocabulary, blocklist=(blocklist or "").strip() or None)
+    """The widgets' values as a PezConfig (0 restarts: the engine's choice for the device), checked at once:
+    ComfyUI does not apply a widget's min/max to a linked value, so this is where e.g. 3000 restarts stop."""
+    if restarts == 0:
+        restarts = None
+    config = pez_core.PezConfig(
+        prompt_len=prompt_length, steps=steps, restarts=restarts, lr=learning_rate, seed=seed, vocab=vocabulary,
+        blocklist=check_text(blocklist or "", "blocklist").strip() or None)
+    config.validate()
+    return config
+
+
+def check_choice(name: str, value: Any, options: Sequence[str]) -> None:
+    """In execute, for a second combo of a node: ComfyUI 0.3.75 reports a validate_inputs failure against
+    every input the function takes, so each node validates one combo there and checks any other here."""
+    if value not in options:
+        raise pez_core.PezError(f"{name} {value!r} is not one of: {', '.join(map(str, options))}")
 
 
 def check_choices(**checks: tuple[Any, Sequence[str]]) -> bool | str:
@@ -123,10 +139,10 @@ def first(value: Any, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def images_of(value: Any) -> list[torch.Tensor]:
+def images_of(value: Any, name: str = "images") -> list[torch.Tensor]:
     """IMAGE input(s) — a (B, H, W, C) batch, or a list of batches of different sizes — as a list of
-    (H, W, C) tensors, cloned outside inference mode (ComfyUI hands nodes inference tensors).
-    Call inside ``torch.inference_mode(False)``."""
+    (H, W, C) tensors, cloned outside inference mode (ComfyUI hands nodes inference tensors); errors name
+    the input ``name``. Call inside ``torch.inference_mode(False)``."""
     if value is None:
         return []
     batches = value if isinstance(value, list) else [value]
@@ -135,15 +151,30 @@ def images_of(value: Any) -> list[torch.Tensor]:
         if batch is None:
             continue
         if not isinstance(batch, torch.Tensor):
-            raise pez_core.PezError(f"expected an IMAGE, got {type(batch).__name__}")
+            raise pez_core.PezError(f"{name}: expected an IMAGE, got {type(batch).__name__}")
         images.extend([batch.clone()] if batch.ndim == 3 else list(batch.clone()))
+    for i, image in enumerate(images):
+        if image.is_floating_point() and not torch.isfinite(image).all():
+            which = f"image {i + 1} of {len(images)}" if len(images) > 1 else "the image"
+            raise pez_core.PezError(f"{name}: {which} contains NaN or infinite values; check the node that made it")
     return images
 
 
-def texts_of(value: Any) -> list[str]:
-    """Non-blank strings of a STRING input that may be a list."""
+def texts_of(value: Any, name: str = "text") -> list[str]:
+    """Non-blank strings of a STRING input that may be a list; bounded, and refused (naming ``name``) when
+    CLIP would read nothing in them."""
     values = value if isinstance(value, list) else [value]
-    return [v for v in values if isinstance(v, str) and v.strip()]
+    texts = [check_text(v, name) for v in values if isinstance(v, str) and v.strip()]
+    for text in texts:
+        require_tokens(text, name)
+    return texts
+
+
+def require_tokens(text: str, name: str) -> str:
+    """``text``, or an error naming the input when CLIP reads no token in it (e.g. only control characters)."""
+    if not clip_tokenizer().encode(text, name):
+        raise pez_core.PezError(f"{name} is empty to CLIP (only whitespace or characters it drops); give it some words")
+    return text
 
 
 # --- devices and memory -------------------------------------------------------------------------------

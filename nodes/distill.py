@@ -4,8 +4,10 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .. import pez_core
-from .common import (LiveProgress, check_choices, device_session, log_results, make_config, model_input, node_schema,
-                     prompt_length_input, seed_input, steps_input, text_ui, vocabulary_input)
+from ..pez_core.limits import check_text
+from .common import (LiveProgress, check_choice, check_choices, device_session, log_results, make_config, model_input,
+                     node_schema, prompt_length_input, require_tokens, seed_input, steps_input, text_ui,
+                     vocabulary_input)
 
 TARGETS = ("length", "0.7", "0.5", "0.3", "0.1")
 
@@ -39,14 +41,17 @@ class DistillPrompt(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, target, vocabulary) -> bool | str:
-        return check_choices(target=(target, TARGETS), vocabulary=(vocabulary, pez_core.VOCAB_MODES))
+    def validate_inputs(cls, vocabulary) -> bool | str:
+        # one combo here, so ComfyUI names only it; target is checked in execute
+        return check_choices(vocabulary=(vocabulary, pez_core.VOCAB_MODES))
 
     @classmethod
     def execute(cls, pez_model: pez_core.PezModel, text: str, target: str, prompt_length: int, steps: int,
                 seed: int, vocabulary: str) -> io.NodeOutput:
-        if not text.strip():
+        check_choice("target", target, TARGETS)
+        if not check_text(text, "text").strip():
             raise pez_core.PezError("the text to distill is empty; type or connect a prompt")
+        require_tokens(text, "the text to distill")
         ratio = None if target == "length" else float(target)
         config = make_config(prompt_length=prompt_length, steps=steps, seed=seed, vocabulary=vocabulary)
         with device_session(pez_model):

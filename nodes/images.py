@@ -50,8 +50,9 @@ class _ImagePromptNode(io.ComfyNode):
             pictures = images_of(images)
             if not pictures:
                 raise pez_core.PezError("no images were given; connect an IMAGE (a batch or a list of images)")
-            found = cls.TASK(model, pictures, config, negative_images=images_of(negative_images) or None,
-                             negative_texts=texts_of(negative_text) or None,
+            found = cls.TASK(model, pictures, config,
+                             negative_images=images_of(negative_images, "negative_images") or None,
+                             negative_texts=texts_of(negative_text, "negative_text") or None,
                              callback=LiveProgress(cls.hidden.unique_id, config.steps))
         results = found if isinstance(found, list) else [found]
         log_results(cls.TITLE, results)

@@ -1,17 +1,21 @@
 """PEZ Load Model: a preset, a bundled model, or a checkpoint from the ``pez`` model folder."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import comfy.model_management as mm
+import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
 from .. import pez_core
-from ..pez_core.models import CHECKPOINT_SUFFIXES, DEFAULT_MODEL, PRECISIONS, bundled_models
-from .common import CATEGORY, PezModelType, check_choices
+from ..pez_core.models import CHECKPOINT_SUFFIXES, DEFAULT_MODEL, PRECISIONS, bundled_models, cached_models
+from .common import BAR_EVERY_S, CATEGORY, PezModelType, check_choice, check_choices, send_node_text
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,55 @@ def register_model_folder() -> None:
 
 
 register_model_folder()
+
+
+def release_cache_on_unload() -> None:
+    """Let ComfyUI's "Unload models" and "Free model and node cache" (the /free route) free PEZ models too.
+
+    ComfyUI 0.3.75 and 0.33.0 offer custom nodes no release hook; both call
+    ``comfy.model_management.unload_all_models()`` through the module for those buttons (and after an
+    out-of-memory error), and restore only ``cast_to`` after custom nodes. So this wraps that one function:
+    ComfyUI's unloading runs first, unchanged; then the PEZ cache is dropped, its text towers leave the GPU,
+    and the models' memory returns once ComfyUI's node cache lets go of them too (it does on "Free").
+    """
+    original = mm.unload_all_models
+    if getattr(original, "pez_releases_cache", False):
+        return
+
+    @functools.wraps(original)
+    def unload_all_models(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        for model in cached_models():
+            model.offload("cpu")
+        dropped = pez_core.clear_cache()
+        if dropped:
+            log.info("PEZ: released %d cached model(s) with ComfyUI's unload", dropped)
+        return result
+
+    unload_all_models.pez_releases_cache = True  # type: ignore[attr-defined]
+    mm.unload_all_models = unload_all_models
+
+
+release_cache_on_unload()
+
+
+class DownloadOnNode:
+    """pez_core download watcher: the size as node text and in the log, the bytes on the node's progress bar."""
+
+    def __init__(self, unique_id: Any):
+        self.node, self.bar, self.total = unique_id, None, 0
+        self._at = 0.0
+
+    def announce(self, text: str) -> None:
+        send_node_text(self.node, f"{text}; Cancel stops it")
+
+    def progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.bar is None or total != self.total:
+            self.bar, self.total = comfy.utils.ProgressBar(total), total
+        if now - self._at >= BAR_EVERY_S or done >= total:
+            self._at = now
+            self.bar.update_absolute(done, total)
 
 
 def model_folders() -> str:
@@ -92,23 +145,38 @@ class LoadModel(io.ComfyNode):
             ],
             outputs=[PezModelType.Output("pez_model", display_name="pez_model",
                                          tooltip="The loaded model, for the other PEZ nodes.")],
+            hidden=[io.Hidden.unique_id],  # download size and progress show on the node
         )
 
     @classmethod
-    def validate_inputs(cls, model, precision, device) -> bool | str:
-        # Any model name passes: execute() says precisely what is missing and where it must go.
-        return check_choices(precision=(precision, PRECISIONS), device=(device, DEVICES))
+    def validate_inputs(cls, precision) -> bool | str:
+        # Any model name passes: execute() says precisely what is missing and where it must go. One combo
+        # only, so that ComfyUI names only it (the device is checked in execute).
+        return check_choices(precision=(precision, PRECISIONS))
+
+    @classmethod
+    def fingerprint_inputs(cls, model: str, precision: str, device: str) -> Any:
+        """A checkpoint replaced on disk (other size or mtime) makes ComfyUI run the node again."""
+        try:
+            path = Path(resolve(model))
+            stat = path.stat() if path.is_file() else None
+        except (pez_core.PezError, OSError):
+            return model
+        return (model, stat.st_size, stat.st_mtime_ns) if stat else model
 
     @classmethod
     def execute(cls, model: str, precision: str, device: str) -> io.NodeOutput:
+        check_choice("device", device, DEVICES)
         target = mm.get_torch_device() if device == "auto" else device
         try:
+            watcher = DownloadOnNode(cls.hidden.unique_id)
             if model in pez_core.JOINT_PRESETS:  # each part from the pez folder when saved there, as a preset is
                 preset = pez_core.JOINT_PRESETS[model]
-                loaded = pez_core.combine([pez_core.load_model(resolve(part), device=target, precision=precision)
-                                           for part in preset.parts], preset.weights)
+                loaded = pez_core.combine([pez_core.load_model(resolve(part), device=target, precision=precision,
+                                                               watcher=watcher) for part in preset.parts],
+                                          preset.weights)
             else:
-                loaded = pez_core.load_model(resolve(model), device=target, precision=precision)
+                loaded = pez_core.load_model(resolve(model), device=target, precision=precision, watcher=watcher)
         except pez_core.WeightsNotAvailableError as e:
             # the same error, with where this ComfyUI looks (one message in the log, not two)
             where = f" This ComfyUI's pez model folders: {model_folders()}."

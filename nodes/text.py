@@ -6,8 +6,9 @@ import logging
 from comfy_api.latest import io
 
 from .. import pez_core
+from ..pez_core.limits import check_text
 from ..pez_core.models import clip_tokenizer
-from .common import device_session, images_of, model_input, node_schema, send_node_text, text_ui
+from .common import device_session, images_of, model_input, node_schema, require_tokens, send_node_text, text_ui
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ def join_prompts(parts: list[str], separator: str) -> str:
     return separator.join(kept)
 
 
-def token_count(text: str) -> int:
-    return len(clip_tokenizer().encode(text))
+def token_count(text: str, name: str = "the joined prompt") -> int:
+    return len(clip_tokenizer().encode(text, name))
 
 
 def too_long_warning(count: int) -> str:
@@ -70,16 +71,23 @@ class ConcatPrompts(io.ComfyNode):
     @classmethod
     def execute(cls, prompt_1: list, prompt_2: list, separator: list, prompt_3: list | None = None,
                 prompt_4: list | None = None) -> io.NodeOutput:
-        columns = [c for c in (prompt_1, prompt_2, prompt_3, prompt_4) if c]
-        n = max((len(c) for c in columns), default=1)  # lists (e.g. several inverted prompts): one join per item
+        named = {name: c for name, c in zip(("prompt_1", "prompt_2", "prompt_3", "prompt_4"),
+                                            (prompt_1, prompt_2, prompt_3, prompt_4)) if c}
+        for name, column in {**named, "separator": separator}.items():  # bounded before any tokenizing
+            for value in column:
+                check_text(str(value), name)
+        n = max((len(c) for c in named.values()), default=1)  # lists (e.g. several inverted prompts): one join each
         joined, counts, warnings = [], [], []
         for i in range(n):
             sep = separator[min(i, len(separator) - 1)]
-            text = join_prompts([str(c[min(i, len(c) - 1)]) for c in columns], sep)
-            count = token_count(text)
+            label = f"joined prompt {i + 1}" if n > 1 else "the joined prompt"
+            text = check_text(join_prompts([str(c[min(i, len(c) - 1)]) for c in named.values()], sep), label)
+            count = token_count(text, label)
             joined.append(text)
             counts.append(count)
-            if count > MAX_TOKENS:
+            if not text:
+                warnings.append(f"{label} is empty: every part is empty or only the separator")
+            elif count > MAX_TOKENS:
                 warnings.append((f"prompt {i + 1}: " if n > 1 else "") + too_long_warning(count))
         for w in warnings:
             log.warning("Concat Prompts: %s", w)
@@ -115,13 +123,16 @@ class PromptSimilarity(io.ComfyNode):
 
     @classmethod
     def execute(cls, pez_model: pez_core.PezModel, text: str, images=None, other_text: str = "") -> io.NodeOutput:
-        if not text.strip():
+        if not check_text(text, "prompt").strip():
             raise pez_core.PezError("the prompt to score is empty; type or connect a prompt")
-        other = other_text.strip() or None
+        require_tokens(text, "the prompt to score")
+        other = check_text(other_text, "other prompt").strip() or None
+        if other is not None:
+            require_tokens(other, "the other prompt")
         if images is None and other is None:
             raise pez_core.PezError("nothing to compare the prompt with: connect images or give another prompt")
         with device_session(pez_model):
-            pictures = images_of(images)
+            pictures = images_of(images, "images")
             scores = pez_core.score(pez_model, text, images=pictures or None, other_texts=other)[0].tolist()
         labels = [f"image {i + 1}" for i in range(len(pictures))] + (["other prompt"] if other else [])
         similarity = sum(scores) / len(scores)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .errors import PezError
 from .models import MAX_PROMPT_TOKENS, PezModel
-from .objective import ClipScorer, Objective
+from .objective import ClipScorer, Objective, free_memory
 from .scorer import Scorer
 from .vocab import VOCAB_MODES
 
@@ -38,6 +38,8 @@ MAX_RESTARTS = 64
 LR_RANGE = (0.001, 10.0)
 PROJECTION_SCORES_MAX = 1 << 26  # fp32 scores held at once by the projection (256 MiB)
 IMPROVEMENT = 1e-4               # a gain smaller than this does not reset the patience count
+SEED_MAX = 2**64 - 1             # what torch.Generator.manual_seed takes
+MEMORY_SHARE = 0.9               # of the free memory a run may plan to use
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class PezConfig:
     def validate(self) -> None:
         _check_int("prompt length", self.prompt_len, 1, MAX_PROMPT_TOKENS, " (CLIP's limit)")
         _check_int("steps", self.steps, 1, MAX_STEPS)
+        _check_int("seed", self.seed, 0, SEED_MAX)
         if self.restarts is not None:
             _check_int("restarts", self.restarts, 1, MAX_RESTARTS)
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr <= LR_RANGE[1]):
@@ -137,9 +140,43 @@ def search(scorer: Scorer, config: PezConfig | None = None, callback: Callback |
     """
     config = config or PezConfig()
     config.validate()
+    check_memory(scorer, config.for_device(scorer.device))
     # ComfyUI runs nodes under inference_mode; optimisation needs autograd.
     with torch.inference_mode(False), torch.enable_grad():
         return _Run(scorer, config).run(callback)
+
+
+def check_memory(scorer: Scorer, config: PezConfig) -> None:
+    """Refuse a run that cannot fit, before any of it is allocated, naming what to lower and how far.
+
+    Per prompt position it holds the soft prompt, its gradient, AdamW's two moments, the hard embeddings
+    and the projection's query (fp32) and the best ids (int64); besides, one chunk of projection scores
+    and one batch of activations (batches are sized by ``scorer.prompts_that_fit``)."""
+    free, width, allowed = free_memory(scorer.device), scorer.table.shape[-1], len(scorer.allowed)
+    fit = max(1, scorer.prompts_that_fit(config.prompt_len))
+    activations = free // 2 // fit / (config.prompt_len + 2)  # per prompt position, what fit was sized by
+
+    def need(problems: int, restarts: int, length: int) -> float:
+        rows = problems * restarts
+        batch = min(rows, max(1, fit // restarts) * restarts)
+        return (rows * length * (6 * width * 4 + 8) + min(rows * length * allowed, PROJECTION_SCORES_MAX) * 4
+                + batch * (length + 2) * activations)
+
+    P, R, L = scorer.problems, config.restarts, config.prompt_len
+    budget = free * MEMORY_SHARE
+    if need(P, R, L) <= budget:
+        return
+    r = max((r for r in range(1, R) if need(P, r, L) <= budget), default=0)  # the most restarts that fit
+    n = max((n for n in range(1, L) if need(P, R, n) <= budget), default=0)  # the longest prompt that fits
+    fixes = [f"restarts from {R} to {r}"] * bool(r) + [f"prompt_length from {L} to {n}"] * bool(n)
+    low, high = 0, P  # the most problems (e.g. images) that fit, by bisection
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if need(mid, R, L) <= budget else (low, mid - 1)
+    fixes += [f"the number of images/problems from {P} to {low}"] if 0 < low < P else []
+    raise PezError(f"this run needs about {need(P, R, L) / 2**30:.2f} GiB on {scorer.device} but "
+                   f"{free / 2**30:.2f} GiB are free; lower " + (", or ".join(fixes) or "its size")
+                   + " (or free memory)")
 
 
 def straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:

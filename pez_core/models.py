@@ -2,15 +2,22 @@
 
 ``load_model`` accepts a preset (``"ViT-L-14 · openai"``), a bundled model
 (``"shapes-demo"``), an open_clip architecture with a pretrained tag, a file
-path or ``"none"`` (random weights), or a checkpoint path on its own. Loaded
-models are cached per (model, weights, device, precision).
+path or ``"none"`` (random weights), or a checkpoint path on its own. The few most
+recently loaded models are cached per (model, weights file and its size and mtime, device, precision).
+
+A checkpoint is checked before it costs anything: its config's numbers, its tensors' shapes against
+the architecture (built on the meta device, no memory) and the memory the model needs.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import pickle
 import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,8 +27,11 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from .download import Watcher, hub_weights, save_hint
 from .errors import ModelLoadError, PezError, WeightsNotAvailableError
 from .images import preprocess
+from .limits import check_interrupt
+from .vocab import ClipTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +40,11 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 MAX_PROMPT_TOKENS = 75  # CLIP's 77 positions minus start and end of text
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TEXT_BATCH = 256  # texts encoded at once: scoring thousands of candidate prompts stays within memory
+# models kept loaded: two cover a workflow that alternates two CLIPs (e.g. SDXL's L and G encoders);
+# every further one would hold 0.6-10 GB of RAM that nothing uses
+MAX_CACHED_MODELS = 2
+CONFIG_LIMITS = {"embed_dim": 8192, "width": 8192, "layers": 96, "heads": 128, "head_width": 1024,
+                 "patch_size": 1024, "image_size": 4096, "mlp_ratio": 16}  # well above ViT-bigG's
 
 
 @dataclass(frozen=True)
@@ -104,9 +119,8 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 @lru_cache(maxsize=None)
-def clip_tokenizer(context_length: int = 77):
-    from open_clip.tokenizer import SimpleTokenizer
-    return SimpleTokenizer(context_length=context_length)
+def clip_tokenizer(context_length: int = 77) -> ClipTokenizer:
+    return ClipTokenizer(context_length=context_length)
 
 
 class PezModel:
@@ -196,24 +210,25 @@ class PezModel:
         """Normalised features of prompts given as token ids (B, L), without SOT/EOT."""
         return self.encode_embeddings(self.token_embeddings[ids.to(self.device)])
 
-    def tokenize(self, text: str) -> list[int]:
-        """BPE ids of ``text`` without SOT/EOT and without truncation."""
-        return self.tokenizer.encode(text)
+    def tokenize(self, text: str, name: str = "the text") -> list[int]:
+        """BPE ids of ``text`` without SOT/EOT and without truncation (texts are bounded: ``pez_core.limits``)."""
+        return self.tokenizer.encode(text, name)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids]).strip()
 
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Normalised features (N, D) of texts.
+    def encode_texts(self, texts: Sequence[str], name: str = "text") -> torch.Tensor:
+        """Normalised features (N, D) of texts; errors call them ``name`` (e.g. "negative text").
 
         A text longer than 75 tokens is not truncated: it is split into 75-token chunks
         and its feature is the normalised mean of the chunks' normalised features.
         """
         chunks, owner = [], []
         for i, text in enumerate(texts):
-            ids = self.tokenize(text) if isinstance(text, str) else []
+            label = f"{name} {i + 1}" if len(texts) > 1 else name
+            ids = self.tokenize(text, label) if isinstance(text, str) else []
             if not ids:
-                raise PezError(f"text {i + 1} is empty (or only whitespace); give it some words")
+                raise PezError(f"{label} is empty (or only whitespace or characters CLIP drops); give it some words")
             for start in range(0, len(ids), MAX_PROMPT_TOKENS):
                 chunks.append(ids[start:start + MAX_PROMPT_TOKENS])
                 owner.append(i)
@@ -223,6 +238,7 @@ class PezModel:
         feats: list = [None] * len(chunks)
         for same_length in by_length.values():
             for idx in _batched(same_length, TEXT_BATCH):
+                check_interrupt()  # a long text is many batches: Cancel is seen between them
                 for j, feat in zip(idx, self.encode_ids(torch.tensor([chunks[j] for j in idx]))):
                     feats[j] = feat
         owner_t = torch.tensor(owner, device=self.device)
@@ -235,7 +251,10 @@ class PezModel:
         pixels = preprocess(images, self.image_size, self.image_mean, self.image_std)
         visual = self.clip.visual.to(self.device)
         try:
-            feats = [visual(batch.to(self.device, self.dtype)) for batch in pixels.split(32)]
+            feats = []
+            for batch in pixels.split(32):
+                check_interrupt()  # hundreds of images take a while: Cancel is seen between batches
+                feats.append(visual(batch.to(self.device, self.dtype)))
         finally:
             visual.to(self._vision_device)
         return F.normalize(torch.cat(feats).float(), dim=-1)
@@ -246,13 +265,47 @@ def _batched(items: list, size: int) -> list[list]:
 
 
 # --- loading ---------------------------------------------------------------------------------------
-_CACHE: dict[tuple, PezModel] = {}
+_CACHE: OrderedDict[tuple, PezModel] = OrderedDict()  # least recently used first
 _CACHE_LOCK = threading.Lock()
 
 
-def clear_cache() -> None:
+def clear_cache() -> int:
+    """Forget every cached model (their memory returns once no caller holds them); how many there were."""
     with _CACHE_LOCK:
+        dropped = list(_CACHE.values())
         _CACHE.clear()
+    for model in dropped:
+        _forget(model)
+    return len(dropped)
+
+
+def _forget(model: PezModel) -> None:
+    """Once a dropped model is collected, hand the freed heap back to the OS: glibc keeps freed pages
+    otherwise (measured: RSS stayed 0.35 GB above the start after a ViT-B-32 was freed, until trimmed)."""
+    weakref.finalize(model, _trim_heap)
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def cached_models() -> list[PezModel]:
+    with _CACHE_LOCK:
+        return list(_CACHE.values())
+
+
+def _file_identity(path: Path | None) -> tuple:
+    """A replaced file (other size or mtime) is another model."""
+    if path is None:
+        return ()
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path),)
+    return str(path), st.st_size, st.st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -264,26 +317,35 @@ class _Source:
     weights: Path | None = None     # None: random weights
 
     def key(self) -> tuple:
-        return self.arch, self.quick_gelu, json.dumps(self.config, sort_keys=True), str(self.weights)
+        config_file = self.weights.with_suffix(".json") if self.weights is not None else None
+        return (self.arch, self.quick_gelu, json.dumps(self.config, sort_keys=True), _file_identity(self.weights),
+                _file_identity(config_file))
 
 
-def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = None,
-               device: str | torch.device = "auto", precision: str = "auto") -> PezModel:
-    """Load (or fetch from the cache) a model for PEZ. See the module docstring for ``name``.
+def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = None, device: str | torch.device = "auto",
+               precision: str = "auto", watcher: Watcher | None = None) -> PezModel:
+    """Load (or fetch from the cache) a model for PEZ. See the module docstring for ``name``;
+    ``watcher`` hears about a download of pretrained weights (size first, then progress).
     A joint preset (``JOINT_PRESETS``) gives a ``pez_core.joint.JointModel`` of its parts."""
     if isinstance(name, str) and name.strip() in JOINT_PRESETS and pretrained is None:
         from .joint import combine
         preset = JOINT_PRESETS[name.strip()]
-        return combine([load_model(part, None, device, precision) for part in preset.parts], preset.weights)
+        return combine([load_model(part, None, device, precision, watcher) for part in preset.parts], preset.weights)
     device = resolve_device(device)
     dtype = resolve_dtype(precision, device)
-    source = _resolve(name, pretrained)
+    source = _resolve(name, pretrained, watcher)
     key = (*source.key(), str(device), dtype)
     # weights made under inference_mode (ComfyUI runs nodes so) could never take part in a backward pass
     with _CACHE_LOCK, torch.inference_mode(False):
-        if key not in _CACHE:
-            _CACHE[key] = PezModel(_build(source), name, device, dtype)
-            log.info("loaded %s (%s) on %s as %s", name, source.weights, device, dtype)
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        while len(_CACHE) >= MAX_CACHED_MODELS:  # make room before building: the old one's memory comes back
+            _, dropped = _CACHE.popitem(last=False)
+            _forget(dropped)
+            log.info("model cache: dropped %s (keeping the %d most recent)", dropped, MAX_CACHED_MODELS)
+        _CACHE[key] = PezModel(_build(source), name, device, dtype)
+        log.info("loaded %s (%s) on %s as %s", name, source.weights, device, dtype)
         return _CACHE[key]
 
 
@@ -291,14 +353,14 @@ def _known_names() -> str:
     return ", ".join([*PRESETS, *JOINT_PRESETS, *bundled_models()])
 
 
-def _resolve(name: str, pretrained: str | None) -> _Source:
+def _resolve(name: str, pretrained: str | None, watcher: Watcher | None = None) -> _Source:
     import open_clip
 
     if not isinstance(name, str) or not name.strip():
         raise PezError(f"no model name given; use one of: {_known_names()}")
     name = name.strip()
     if name in PRESETS and pretrained is None:
-        return _pretrained(PRESETS[name].arch, PRESETS[name].pretrained)
+        return _pretrained(PRESETS[name].arch, PRESETS[name].pretrained, watcher)
     bundled = bundled_models()
     if name in bundled:
         return _from_checkpoint(bundled[name])
@@ -323,13 +385,14 @@ def _resolve(name: str, pretrained: str | None) -> _Source:
     if pretrained not in tags:
         raise PezError(f"{pretrained!r} is neither a file nor a pretrained tag of {name}; known tags: "
                        f"{', '.join(tags) or 'none'}")
-    return _pretrained(name, pretrained)
+    return _pretrained(name, pretrained, watcher)
 
 
-def _pretrained(arch: str, tag: str) -> _Source:
+def _pretrained(arch: str, tag: str, watcher: Watcher | None = None) -> _Source:
     from open_clip.pretrained import get_pretrained_cfg
 
-    return _Source(arch, get_pretrained_cfg(arch, tag).get("quick_gelu", False), weights=_tag_weights(arch, tag))
+    return _Source(arch, get_pretrained_cfg(arch, tag).get("quick_gelu", False),
+                   weights=_tag_weights(arch, tag, watcher))
 
 
 def _from_checkpoint(path: Path) -> _Source:
@@ -343,6 +406,7 @@ def _from_checkpoint(path: Path) -> _Source:
         except (OSError, json.JSONDecodeError) as e:
             raise ModelLoadError(f"cannot read the model config {config_file}: {e}") from e
         if isinstance(config, dict) and "embed_dim" in config:
+            _check_config(config, config_file)
             return _Source(path.stem, bool(config.get("quick_gelu")), config, path)
         if isinstance(config, dict) and config.get("arch") in open_clip.list_models():
             return _Source(config["arch"], bool(config.get("quick_gelu")), weights=path)
@@ -357,38 +421,80 @@ def _from_checkpoint(path: Path) -> _Source:
     return _Source(arch, "openai" in path.stem, weights=path)  # OpenAI's weights were trained with QuickGELU
 
 
+def _check_config(config: dict, where: Path) -> None:
+    """The numbers of an open_clip config, before anything is built from them."""
+    problems = [f"{section} must be an object" for section in ("vision_cfg", "text_cfg")
+                if not isinstance(config.get(section), dict)]
+
+    def walk(section: dict, prefix: str) -> None:
+        for key, value in section.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif key in CONFIG_LIMITS and value is not None:  # None: open_clip's default
+                values = value if isinstance(value, (list, tuple)) and value else [value]
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= CONFIG_LIMITS[key]
+                           for v in values):
+                    problems.append(f"{prefix}{key} is {value!r}, not a number from 1 to {CONFIG_LIMITS[key]}")
+    walk(config, "")
+    if problems:
+        raise ModelLoadError(f"the model config {where} is not usable: {'; '.join(problems[:5])}")
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def _tag_weights(arch: str, tag: str) -> Path:
-    """Local path of a pretrained tag's weights; downloads when online, a clear error when offline."""
+def _tag_weights(arch: str, tag: str, watcher: Watcher | None = None) -> Path:
+    """Local path of a pretrained tag's weights; downloads when online (sized, watched, cancellable),
+    a clear error naming the file to save and where when offline or when the download fails."""
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
     cfg = get_pretrained_cfg(arch, tag)
     hub = cfg.get("hf_hub", "")
     repo_id, filename = (hub.rsplit("/", 1) + [""])[:2] if hub else ("", "")
+    # open_clip prefers a safetensors twin of a pickle, and so do we (no code runs when it loads)
     candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
     if repo_id:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-            for candidate in candidates:
-                cached = try_to_load_from_cache(repo_id, candidate)
-                if isinstance(cached, str):
-                    return Path(cached)
-        except ImportError:
-            pass
+        from huggingface_hub import try_to_load_from_cache
+        for candidate in candidates:
+            cached = try_to_load_from_cache(repo_id, candidate)
+            if isinstance(cached, str):
+                return Path(cached)
     where = f"the Hugging Face repo {repo_id} ({' or '.join(candidates)})" if repo_id else cfg.get("url", "its URL")
     if _offline():
         raise WeightsNotAvailableError(
             f"the weights of {arch} / {tag} are not on this machine and HF_HUB_OFFLINE is set. "
             f"Get them from {where}, then either unset HF_HUB_OFFLINE to let them download into the "
-            f"Hugging Face cache, or save the file as e.g. {arch}-{tag}.safetensors in the models/pez "
-            "folder (ComfyUI) or pass its path as pretrained.")
-    try:
+            f"Hugging Face cache, or {save_hint(arch, tag)}.")
+    if repo_id:
+        return hub_weights(repo_id, candidates, what=f"the weights of {arch} / {tag}", arch=arch, tag=tag,
+                           watcher=watcher)
+    try:  # a plain URL (no preset uses one)
         return Path(download_pretrained(cfg))
     except Exception as e:  # network errors come in many types
-        raise WeightsNotAvailableError(f"could not download the weights of {arch} / {tag} from {where}: {e}") from e
+        raise WeightsNotAvailableError(f"could not download the weights of {arch} / {tag} from {where}: {e}; "
+                                       f"{save_hint(arch, tag)}") from e
+
+
+_TEXT_TOWER = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
+
+
+def _tower(key: str) -> str:
+    return "text" if key.startswith(_TEXT_TOWER) else "vision" if key.startswith("visual.") else "other"
+
+
+def _checkpoint_shapes(path: Path) -> tuple[dict[str, tuple], dict | None]:
+    """Tensor shapes of a checkpoint, and its state dict where reading the shapes needed it (pickles)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k.removeprefix("module."): tuple(f.get_slice(k).get_shape()) for k in f.keys()}, None
+        except Exception as e:  # damaged headers raise several types
+            raise ModelLoadError(f"the checkpoint {path} is damaged or not a model file ({type(e).__name__}: "
+                                 f"{e}); download it again") from e
+    state = _read_state_dict(path)
+    return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}, state
 
 
 def _read_state_dict(path: Path) -> dict:
@@ -399,6 +505,10 @@ def _read_state_dict(path: Path) -> dict:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except pickle.UnpicklingError as e:  # torch's message suggests weights_only=False, which runs the file's code
+        raise ModelLoadError(f"the checkpoint {path} holds Python objects besides tensors, and loading those "
+                             "could run code from the file, so it was not loaded. Use a .safetensors file (or a "
+                             "plain state dict of tensors) from a source you trust") from None
     except Exception as e:  # safetensors and pickle raise many types on damaged files
         raise ModelLoadError(f"the checkpoint {path} is damaged or not a model file ({type(e).__name__}: {e}); "
                              "download it again") from e
@@ -407,29 +517,74 @@ def _read_state_dict(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _build(source: _Source):
+def _create(source: _Source, device: str):
     import open_clip
     from open_clip.model import CLIP
 
     try:
-        if source.config is not None:
-            fields = {k: v for k, v in source.config.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}
-            clip = CLIP(**fields, quick_gelu=source.quick_gelu)
-        else:
-            clip = open_clip.create_model(source.arch, load_weights=False, force_quick_gelu=source.quick_gelu)
+        with torch.device(device):
+            if source.config is not None:
+                fields = {k: v for k, v in source.config.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}
+                return CLIP(**fields, quick_gelu=source.quick_gelu)
+            return open_clip.create_model(source.arch, load_weights=False, force_quick_gelu=source.quick_gelu,
+                                          device=device)
     except Exception as e:
-        raise ModelLoadError(f"cannot build the model {source.arch}: {e}") from e
+        raise ModelLoadError(f"cannot build the model {source.arch}: {type(e).__name__}: {e}") from e
+
+
+def _build(source: _Source):
+    """Check on the meta device (no memory), then build for real and load the weights."""
+    blueprint = _create(source, "meta")
+    weights_bytes = sum(p.numel() for p in blueprint.parameters()) * 4  # built in fp32
+    _check_room(source, weights_bytes * (2 if source.weights is not None else 1))  # + the state dict
+    expected = {k: tuple(v.shape) for k, v in blueprint.state_dict().items() if "attn_mask" not in k}
+    shapes, state = _checkpoint_shapes(source.weights) if source.weights is not None else ({}, None)
+    if source.weights is not None:
+        _check_fit(source, expected, shapes)
+    clip = _create(source, "cpu")
     if source.weights is None:
         return clip
-    state = _read_state_dict(source.weights)
+    state = state if state is not None else _read_state_dict(source.weights)
     try:
-        missing, unexpected = clip.load_state_dict(state, strict=False)
+        clip.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     except RuntimeError as e:
         raise ModelLoadError(f"the checkpoint {source.weights} does not fit {source.arch}: {e}") from e
-    missing = [k for k in missing if "attn_mask" not in k]
-    if missing:
-        raise ModelLoadError(f"the checkpoint {source.weights} does not fit {source.arch}: missing "
-                             f"{', '.join(missing[:5])}" + ("…" if len(missing) > 5 else ""))
-    if unexpected:
-        log.debug("ignored %d unexpected keys in %s", len(unexpected), source.weights)
     return clip
+
+
+def _check_fit(source: _Source, expected: dict[str, tuple], shapes: dict[str, tuple]) -> None:
+    """Shapes first (a wrong architecture or context length), then missing and unexpected keys by tower."""
+    wrong = [k for k in expected if k in shapes and shapes[k] != expected[k]]
+    positions = shapes.get("positional_embedding", (None,))[0], expected.get("positional_embedding", (None,))[0]
+    if "positional_embedding" in wrong and positions[0] != positions[1]:
+        fix = ("set text_cfg.context_length in its config to the checkpoint's" if source.config is not None
+               else "it was trained as another architecture")
+        raise ModelLoadError(f"the checkpoint {source.weights} has a context length of {positions[0]} text "
+                             f"positions but {source.arch} has {positions[1]}: {fix}")
+    if wrong:
+        raise ModelLoadError(f"the checkpoint {source.weights} does not fit {source.arch}: "
+                             + ", ".join(f"{k} is {list(shapes[k])}, not {list(expected[k])}" for k in wrong[:3])
+                             + (f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else "")
+                             + "; choose the architecture the checkpoint was trained as")
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    for keys, what in ((missing, "missing"), (unexpected, "unexpected")):
+        for tower in ("text", "vision", "other"):
+            of_tower = [k for k in keys if _tower(k) == tower]
+            if of_tower and what == "missing" and tower == "text":
+                raise ModelLoadError(f"the checkpoint {source.weights} does not fit {source.arch}: {len(of_tower)} "
+                                     f"text-tower weights are missing ({', '.join(of_tower[:3])}…); PEZ needs them all")
+            if of_tower:
+                log.warning("%s: %d %s %s-tower weights (%s%s)%s", source.weights, len(of_tower), what, tower,
+                            ", ".join(of_tower[:3]), "…" if len(of_tower) > 3 else "",
+                            "; ignored" if what == "unexpected" else "; they keep their initial values"
+                            + (", so image features mean nothing" if tower == "vision" else ""))
+
+
+def _check_room(source: _Source, needed: int) -> None:
+    from .objective import free_memory
+
+    free = free_memory(torch.device("cpu"))
+    if needed > free:
+        raise ModelLoadError(f"{source.arch} needs about {needed / 2**30:.1f} GiB of memory to load, but only "
+                             f"{free / 2**30:.1f} GiB are free; close other programs or choose a smaller model")
