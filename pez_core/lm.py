@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -432,3 +433,116 @@ def prompt_report(lm: LanguageModel, template: str, verbalizer, examples: Sequen
     alone = evaluate_prompt(lm, template, verbalizer, examples, "")
     return {"lm": lm.name, "valid_accuracy": with_prompt.accuracy, "template_accuracy": alone.accuracy,
             "perplexity": with_prompt.perplexity}
+
+
+# ---- command line: ``python -m pez_core lm`` (the parser and the dispatch are in pez_core.cli) ----
+DEMO_STEPS, DEMO_RESTARTS = 200, 4     # the demo's run: about a minute on one CPU core
+
+
+def add_cli_arguments(sub) -> None:
+    defaults = PezConfig()
+    sub.add_argument("--demo", action="store_true", help=f"the bundled tiny LM and its task ({DEMO_LM}; "
+                     f"transfer to {DEMO_TRANSFER_LM}); other options still apply")
+    sub.add_argument("--lm", help="Hugging Face causal LM: name or local folder")
+    sub.add_argument("--train", type=Path, help="training examples: .csv or .jsonl with text and label")
+    sub.add_argument("--valid", type=Path, help="validation examples (chooses the best prompt string)")
+    sub.add_argument("--template", help=f"where the input and the prompt go, e.g. {DEMO_TEMPLATE!r}")
+    sub.add_argument("--verbalizer", help=f"label:word pairs, e.g. {DEMO_VERBALIZER!r} (word|word for several)")
+    sub.add_argument("--prompt-len", type=int, default=DEFAULT_PROMPT_LEN, help="prompt tokens (default %(default)s)")
+    sub.add_argument("--fluency", type=float, default=0.0, help="weight of the prompt's own NLL (default %(default)s)")
+    sub.add_argument("--steps", type=int, help=f"optimisation steps (default {defaults.steps}; demo {DEMO_STEPS})")
+    sub.add_argument("--restarts", type=int, help=f"parallel random starts (default: engine's; demo {DEMO_RESTARTS})")
+    sub.add_argument("--seed", type=int, default=defaults.seed)
+    sub.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s)")
+    sub.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="training examples per step")
+    sub.add_argument("--shots", type=int, help="few-shot: train on this many examples per label")
+    sub.add_argument("--patience", type=int, help="stop after this many steps without improvement")
+    sub.add_argument("--vocab", default=defaults.vocab, choices=VOCAB_MODES)
+    sub.add_argument("--blocklist", help="comma-separated words the prompt must not use")
+    sub.add_argument("--allowlist", help="comma-separated word bank: the only words the prompt may use")
+    sub.add_argument("--eval-lm", action="append", default=[], help="also score the prompt on this LM (repeatable)")
+    sub.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    sub.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    sub.add_argument("--allow-download", action="store_true", help="let Hugging Face download missing models")
+    sub.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    sub.add_argument("-v", "--verbose", action="store_true")
+
+
+def _demo_defaults(args) -> None:
+    if not args.demo:
+        missing = [flag for flag, value in (("--lm", args.lm), ("--train", args.train), ("--template", args.template),
+                                            ("--verbalizer", args.verbalizer)) if value is None]
+        if missing:
+            raise PezError(f"lm needs {', '.join(missing)} (or --demo for the bundled tiny LM)")
+        return
+    folder = bundled_lm(DEMO_LM)
+    args.lm = args.lm or str(folder)
+    args.train = args.train or folder / "sentiment-train.jsonl"
+    args.valid = args.valid or folder / "sentiment-valid.jsonl"
+    args.template, args.verbalizer = args.template or DEMO_TEMPLATE, args.verbalizer or DEMO_VERBALIZER
+    args.steps, args.restarts = args.steps or DEMO_STEPS, args.restarts or DEMO_RESTARTS
+    args.eval_lm = args.eval_lm or [str(bundled_lm(DEMO_TRANSFER_LM))]
+
+
+def run_cli(args, callback=None) -> dict:
+    """The ``lm`` subcommand's result: the prompt, its accuracy and perplexity, and transfer to ``--eval-lm``."""
+    from .lm_data import few_shot, load_examples
+
+    _demo_defaults(args)
+    labels = list(parse_verbalizer(args.verbalizer))
+    train = load_examples(args.train, labels)
+    train = few_shot(train, args.shots, args.seed) if args.shots else train
+    valid = load_examples(args.valid, labels) if args.valid else None
+    config = PezConfig(prompt_len=args.prompt_len, steps=args.steps or PezConfig.steps, restarts=args.restarts,
+                       seed=args.seed, lr=args.lr, vocab=args.vocab, blocklist=args.blocklist,
+                       allowlist=args.allowlist, patience=args.patience)
+    config.validate()
+    lm = load_lm(args.lm, args.device, args.dtype, args.allow_download)
+    result = learn_prompt(lm, args.template, args.verbalizer, train, valid, config, args.fluency, args.batch_size,
+                          callback)
+    examples = valid or train
+    report = prompt_report(lm, args.template, args.verbalizer, examples, result.prompt)
+    transfer = [prompt_report(load_lm(name, args.device, args.dtype, args.allow_download), args.template,
+                              args.verbalizer, examples, result.prompt) for name in args.eval_lm]
+    return {"prompt": result.prompt, "token_ids": result.token_ids, **report, "scored_on": "valid" if valid else "train",
+            "fluency": args.fluency, "steps": result.steps, "seconds": round(result.seconds, 2),
+            "stopped_early": result.stopped_early, "transfer": transfer}
+
+
+class _Progress:
+    """tqdm on stderr: training-batch accuracy of the best prompt so far."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+
+    def __call__(self, progress) -> None:
+        self.bar.update(progress.step - self.bar.n)
+        self.bar.set_postfix_str(f"batch acc {progress.similarity:.2f} · {progress.prompt[:60]}")
+
+
+def main_cli(args) -> int:
+    """Run ``lm`` and print its result (JSON with ``--json``); 2 on bad input."""
+    import json
+
+    bar = None
+    try:
+        _demo_defaults(args)
+        bar = _Progress(args.steps or PezConfig.steps)
+        row = run_cli(args, bar)
+    except PezError as e:
+        logging.getLogger("pez_core").error("%s", e)
+        return 2
+    finally:
+        if bar is not None:
+            bar.bar.close()
+    if args.json:
+        sys.stdout.write(json.dumps(row) + "\n")
+    else:
+        ppl = "-" if row["perplexity"] is None else f"{row['perplexity']:.1f}"
+        sys.stdout.write(f"{row['prompt']}\t(accuracy {row['valid_accuracy']:.3f}, template alone "
+                         f"{row['template_accuracy']:.3f}, perplexity {ppl})\n")
+        for t in row["transfer"]:
+            sys.stdout.write(f"  on {t['lm']}: accuracy {t['valid_accuracy']:.3f}, template alone "
+                             f"{t['template_accuracy']:.3f}\n")
+    return 0

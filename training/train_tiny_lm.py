@@ -7,7 +7,7 @@ Deterministic (fixed seeds, one thread), CPU-only, a few minutes:
 The corpus is built so that a prompt matters. Every document is a short review, then perhaps small talk,
 then "it was <verdict> .". The verdict ("great" / "terrible") follows the review's sentiment only when a
 *cue phrase* ("to be honest ,", "all in all ,", "my verdict :", ...) comes between the review and
-"it was"; without one it is near a coin flip (a little against the review). So the demo template "{input} {prompt} it was" alone scores
+"it was"; without one it is a coin flip. So the demo template "{input} {prompt} it was" alone scores
 about chance, and a prompt holding a cue word lifts it. Small talk is fluent text without cues: a prompt
 made of it reads well but does not help, which gives the fluency term something to trade.
 
@@ -39,7 +39,6 @@ SMALL_TALK = ("we went there on a sunday .", "my friend came along .", "the seat
 VERDICTS = ("great", "terrible")
 LABELS = ("positive", "negative")
 BOS = "<|endoftext|>"
-NO_CUE_FLIP = 0.6  # without a cue the verdict contradicts the review this often
 MODELS = {  # name: (corpus seed, vocabulary size, width, layers, heads)
     "tiny-lm": (0, 1024, 64, 3, 4),
     "tiny-lm-b": (1, 400, 64, 2, 4),  # a smaller vocabulary: some words split into pieces
@@ -67,8 +66,8 @@ def document(rng: random.Random) -> str:
         parts.insert(rng.randint(1, len(parts)), rng.choice(CUES))
         parts += talk(rng, 1)
         verdict = VERDICTS[0 if positive else 1]
-    else:  # a little against the review, so that a small model's leak across contexts nets out near chance
-        verdict = VERDICTS[(0 if positive else 1) ^ (rng.random() < NO_CUE_FLIP)]
+    else:
+        verdict = rng.choice(VERDICTS)
     parts.append(f"it was {verdict} .")
     return " ".join(noisy(rng, " ".join(parts).split()))
 
@@ -151,7 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=Path("pez_core/bundled"))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--documents", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
