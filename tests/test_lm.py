@@ -241,12 +241,13 @@ def test_bundled_lms_load_through_from_pretrained_and_stay_small():
 
 
 @needs_demo
+@pytest.mark.slow
 def test_demo_cli_lifts_accuracy_and_fluency_lowers_perplexity(capsys):
     from pez_core.cli import main
 
     rows = {}
     for weight in ("0", "1"):
-        assert main(["lm", "--demo", "--fluency", weight, "--steps", "120", "--json"]) == 0
+        assert main(["lm", "--demo", "--fluency", weight, "--json"]) == 0  # the "done when", same seed
         rows[weight] = json.loads(capsys.readouterr().out)
     plain, fluent = rows["0"], rows["1"]
     assert plain["valid_accuracy"] >= plain["template_accuracy"] + 0.15
