@@ -65,6 +65,14 @@ class LanguageModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def check_length(self, length: int, what: str) -> None:
+        """Refuse sequences longer than the model's positions, naming the one at fault."""
+        config = self.model.config
+        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        if limit and length > limit:
+            raise PezError(f"{what} is {length} tokens with the template and prompt; {self.name} reads at most "
+                           f"{limit}: shorten the text, the template or --prompt-len")
+
     @property
     def start_id(self) -> int:
         """What every sequence starts with, so the first prompt token has something to be predicted from."""
@@ -152,7 +160,11 @@ class Template:
 
 
 def token_texts(tokenizer) -> list[str]:
-    return tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    """The text of every token; SentencePiece's word-start marker becomes the leading space it stands for."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return [" " + text if str(piece).startswith("\u2581") and not text.startswith(" ") else text
+            for piece, text in zip(pieces, texts)]
 
 
 @lru_cache(maxsize=8)
@@ -241,6 +253,8 @@ def evaluate_prompt(lm: LanguageModel, template: str | Template, verbalizer, exa
     if not examples:
         raise PezError("no examples to evaluate the prompt on")
     sequences = [_string_sequence(lm, template, e.text, prompt) for e in examples]
+    for example, (ids, _) in zip(examples, sequences):
+        lm.check_length(len(ids), f"example {example.text[:60]!r}")
     targets = verbalizer.targets(examples)
     correct = loss = nll = 0.0
     counted = 0
@@ -337,6 +351,8 @@ class LmScorer(Scorer):
             head, _, tail = self.template.parts(example.text)
             pieces.append(([self.lm.start_id] + self.lm.encode(head.lstrip()), self.lm.encode(tail)))
         E, T = len(pieces), max(len(h) + L + len(t) for h, t in pieces)
+        longest = max(range(E), key=lambda r: len(pieces[r][0]) + len(pieces[r][1]))
+        self.lm.check_length(T, f"training example {self.train[longest].text[:60]!r}")
         ids = torch.full((E, T), self.lm.start_id)
         slot = torch.zeros((E, T), dtype=torch.long)
         for r, (head, tail) in enumerate(pieces):
@@ -476,12 +492,12 @@ def _demo_defaults(args) -> None:
             raise PezError(f"lm needs {', '.join(missing)} (or --demo for the bundled tiny LM)")
         return
     folder = bundled_lm(DEMO_LM)
-    args.lm = args.lm or str(folder)
+    args.lm = args.lm or DEMO_LM
     args.train = args.train or folder / "sentiment-train.jsonl"
     args.valid = args.valid or folder / "sentiment-valid.jsonl"
     args.template, args.verbalizer = args.template or DEMO_TEMPLATE, args.verbalizer or DEMO_VERBALIZER
     args.steps, args.restarts = args.steps or DEMO_STEPS, args.restarts or DEMO_RESTARTS
-    args.eval_lm = args.eval_lm or [str(bundled_lm(DEMO_TRANSFER_LM))]
+    args.eval_lm = args.eval_lm or [DEMO_TRANSFER_LM]
 
 
 def run_cli(args, callback=None) -> dict:

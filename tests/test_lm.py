@@ -121,7 +121,7 @@ def test_fluency_weight_changes_the_objective_and_its_gradient(tiny):
         gain, _ = _scorer(tiny, fluency=weight).gains(x, torch.zeros(1, dtype=torch.long))
         gain.sum().backward()
         grads.append(x.grad)
-        gains.append(float(gain))
+        gains.append(float(gain.detach()))
     nll = L.evaluate_prompt(tiny, TEMPLATE, VERBALIZER, _examples(), _scorer(tiny).decode(_words_prompt(_scorer(tiny)))).nll
     assert gains[0] - gains[1] == pytest.approx(2.0 * nll, rel=1e-4)
     assert not torch.allclose(grads[0], grads[1])
@@ -265,3 +265,31 @@ def test_cli_lm_reports_bad_input(tmp_path, caplog):
     assert "label 'maybe' is not in the verbalizer" in caplog.text
     assert main(["lm", "--train", "x.jsonl"]) == 2
     assert "--lm" in caplog.text
+
+
+@needs_demo
+def test_benchmark_script_runs_end_to_end(tmp_path):
+    """A few steps only: the script and its table, not the figures."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(root)) if p)}
+    done = subprocess.run([sys.executable, "benchmarks/lm.py", "--seeds", "0", "--fluency", "0", "1", "--steps", "3",
+                           "--restarts", "1", "--random", "2", "--json", str(tmp_path / "runs.json")],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| template alone", "| random prompts", "| PEZ",
+                                                              "| PEZ + fluency 1"]
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert len(runs["random prompts"]) == 2 and "not measured" in done.stdout
+
+
+def test_too_long_examples_are_refused_by_name(tiny):
+    long = [Example("good " * 70, "positive"), Example("bad", "negative")]
+    with pytest.raises(PezError, match="reads at most 64"):
+        L.LmScorer(tiny, TEMPLATE, VERBALIZER, long).layout(4)
+    with pytest.raises(PezError, match="example 'good good"):
+        L.evaluate_prompt(tiny, TEMPLATE, VERBALIZER, long, "")
