@@ -32,6 +32,9 @@ def _row(method: str, runs: list[dict]) -> str:
         values = [v for v in values if v is not None]
         if not values:
             return "-"
+        if key == "perplexity":  # spans orders of magnitude: geometric mean (range)
+            spread = f" ({min(values):.0f}–{max(values):.0f})" if len(values) > 1 else ""
+            return f"{statistics.geometric_mean(values):.0f}{spread}"
         spread = f" ± {statistics.pstdev(values):.2f}" if len(values) > 1 else ""
         return f"{statistics.mean(values):.2f}{spread}"
     seconds = [r["seconds"] for r in runs if "seconds" in r]
@@ -84,6 +87,7 @@ def main() -> int:
                   f"transfer {run['transfer']['valid_accuracy']:.3f} ({run['seconds']:.0f} s) {result.prompt!r}",
                   file=sys.stderr, flush=True)
     print("| method | runs | accuracy (tiny-lm) | perplexity (tiny-lm) | accuracy (tiny-lm-b) | perplexity (tiny-lm-b) | s/run |")
+    print(f"(accuracy: mean ± sd over runs on {len(valid)} validation reviews; perplexity: geometric mean (range))")
     print("|---|---|---|---|---|---|---|")
     for name, runs in rows.items():
         print(_row(name, runs))

@@ -393,9 +393,22 @@ class LmScorer(Scorer):
         """(N,) mean NLL of each prompt's tokens, each predicted from what precedes it in the template."""
         N, B, L = hidden.shape[0], hidden.shape[1], prompts.shape[1]
         before = start[:, None] - 1 + torch.arange(L, device=self.device)  # >= 0: sequences open with a start token
-        logits = self.lm.logits(hidden[:, torch.arange(B, device=self.device)[:, None], before])  # (N, B, L, V)
+        context = hidden[:, torch.arange(B, device=self.device)[:, None], before]  # (N, B, L, D)
+        logits = self.lm.logits(context)  # (N, B, L, V)
+        if self.tied:
+            # the token's own logit is context · its (tied) embedding: written with the prompt row, it has the
+            # same value and also pulls each prompt token towards what the LM expects there
+            own = (context.float() * prompts[:, None]).sum(-1)
+            return (torch.logsumexp(logits, dim=-1) - own).view(N, B * L).mean(1)
         wanted = self.token_ids_of(prompts)[:, None, :].expand(N, B, L)
         return F.cross_entropy(logits.flatten(0, 2), wanted.flatten(), reduction="none").view(N, B * L).mean(1)
+
+    @property
+    def tied(self) -> bool:
+        """Whether the output head is the input embedding table itself (GPT-2 and most causal LMs)."""
+        head = self.lm.model.get_output_embeddings()
+        return (head is not None and getattr(head, "bias", None) is None
+                and head.weight.data_ptr() == self.table.data_ptr() and head.weight.shape == self.table.shape)
 
     @torch.no_grad()
     def token_ids_of(self, prompts: torch.Tensor) -> torch.Tensor:

@@ -293,3 +293,24 @@ def test_too_long_examples_are_refused_by_name(tiny):
         L.LmScorer(tiny, TEMPLATE, VERBALIZER, long).layout(4)
     with pytest.raises(PezError, match="example 'good good"):
         L.evaluate_prompt(tiny, TEMPLATE, VERBALIZER, long, "")
+
+
+def test_fluency_pulls_each_prompt_token_towards_what_the_lm_expects(tiny, monkeypatch):
+    """With tied embeddings the NLL's own-token logit is written with the prompt row: the last prompt token,
+    which predicts no other prompt token, still gets a fluency gradient (through the context alone it would
+    get none). The value is the same either way."""
+    scorer = _scorer(tiny, fluency=1.0)
+    assert scorer.tied
+    prompt = scorer.table[torch.tensor(_words_prompt(scorer))].float()[None]
+    lay = scorer.layout(prompt.shape[1])
+    seen = []
+    for tied in (True, False):
+        monkeypatch.setattr(L.LmScorer, "tied", property(lambda self, t=tied: t))
+        x = prompt.clone().requires_grad_(True)
+        embeds = torch.where(lay.is_prompt[None, :, :, None], x[:, lay.slot], scorer.table[lay.ids].float())
+        hidden = tiny.hidden(embeds.flatten(0, 1)).view(1, *lay.ids.shape, -1)
+        nll = scorer._prompt_nll(x, hidden, lay.prompt_start)
+        nll.sum().backward()
+        seen.append((float(nll.detach()), x.grad[0, -1].abs().sum().item()))
+    assert seen[0][0] == pytest.approx(seen[1][0], rel=1e-5)
+    assert seen[0][1] > 0 and seen[1][1] == 0
