@@ -1,4 +1,4 @@
-"""PEZ for causal language models: hard prompts that make an LM classify text (Wen et al., 2023, Sec. 5).
+"""PEZ for causal language models: hard prompts that make an LM classify text (Wen et al., 2023).
 
 A *template* places the input and the prompt, e.g. ``"{input} {prompt} it was"``; a *verbalizer* maps each
 label to words (``"positive:great,negative:terrible"``). The LM reads the filled template and its next-token
@@ -7,6 +7,10 @@ engine (``pez_core.engine.search``): the soft prompt moves among the LM's input 
 
     gain = -(cross-entropy of the labels at the answer position, on a batch of training examples)
            - fluency * (the LM's own negative log-likelihood of the prompt tokens, in context)
+
+With tied input/output embeddings (GPT-2), each prompt token's own logit in the fluency term is written
+as context · prompt row, so the straight-through gradient also pulls the token itself towards what the LM
+expects there (same value; through the context alone the last prompt token would get no fluency gradient).
 
 The prompt returned is the best *string*: every restart's best prompt is decoded, put into the template,
 re-tokenized and scored by validation accuracy (training accuracy without a validation set). In the

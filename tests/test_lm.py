@@ -281,7 +281,7 @@ def test_benchmark_script_runs_end_to_end(tmp_path):
                           cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert [line.split(" | ")[0] for line in table[2:]] == ["| template alone", "| random prompts", "| PEZ",
+    assert [line.split(" | ")[0] for line in table[1:]] == ["| template alone", "| random prompts", "| PEZ",
                                                               "| PEZ + fluency 1"]
     runs = json.loads((tmp_path / "runs.json").read_text())
     assert len(runs["random prompts"]) == 2 and "not measured" in done.stdout

@@ -7,8 +7,9 @@ Deterministic (fixed seeds, one thread), CPU-only, a few minutes:
 The corpus is built so that a prompt matters. Every document is a short review, then perhaps small talk,
 then "it was <verdict> .". The verdict ("great" / "terrible") follows the review's sentiment only when a
 *cue phrase* ("to be honest ,", "all in all ,", "my verdict :", ...) comes between the review and
-"it was"; without one it is a coin flip. So the demo template "{input} {prompt} it was" alone scores
-about chance, and a prompt holding a cue word lifts it. Small talk is fluent text without cues: a prompt
+"it was"; without one it is a coin flip. So the demo template "{input} {prompt} it was" alone is
+weak (0.66 on the validation reviews: a model this small leaks some sentiment into cue-less contexts),
+and a prompt holding a cue word lifts it to 1.0. Small talk is fluent text without cues: a prompt
 made of it reads well but does not help, which gives the fluency term something to trade.
 
 Writes <out-dir>/<name>/ in Hugging Face format (config.json, model.safetensors, tokenizer files, trained
