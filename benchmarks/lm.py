@@ -87,7 +87,8 @@ def main() -> int:
                   f"transfer {run['transfer']['valid_accuracy']:.3f} ({run['seconds']:.0f} s) {result.prompt!r}",
                   file=sys.stderr, flush=True)
     print(f"Accuracy: mean ± sd over runs on {len(valid)} validation reviews; perplexity: geometric mean (range).\n")
-    print("| method | runs | accuracy (tiny-lm) | perplexity (tiny-lm) | accuracy (tiny-lm-b) | perplexity (tiny-lm-b) | s/run |")
+    print("| method | runs | accuracy (tiny-lm) | perplexity (tiny-lm) | accuracy (tiny-lm-b) "
+          "| perplexity (tiny-lm-b) | s/run |")
     print("|---|---|---|---|---|---|---|")
     for name, runs in rows.items():
         print(_row(name, runs))

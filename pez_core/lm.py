@@ -101,7 +101,8 @@ def bundled_lm(name: str = DEMO_LM) -> Path:
     return BUNDLED_LMS / name
 
 
-def load_lm(name: str | Path, device: str = "auto", dtype: str = "float32", allow_download: bool = False) -> LanguageModel:
+def load_lm(name: str | Path, device: str = "auto", dtype: str = "float32",
+            allow_download: bool = False) -> LanguageModel:
     """A causal LM by Hugging Face name or folder (``tiny-lm`` / ``tiny-lm-b``: the bundled demo models).
 
     Nothing is downloaded unless ``allow_download`` (and ``HF_HUB_OFFLINE`` is unset)."""
@@ -189,7 +190,8 @@ def lm_allowed_ids(tokenizer, mode: str = "words", blocklist=None, allowlist=Non
     specials = set(tokenizer.all_special_ids)
 
     def tokens(words):
-        return {i for w in words for form in (w, " " + w) for i in tokenizer(form, add_special_tokens=False)["input_ids"]}
+        forms = [form for w in words for form in (w, " " + w)]
+        return {i for form in forms for i in tokenizer(form, add_special_tokens=False)["input_ids"]}
     bank = parse_words(allowlist)
     allowed = (tokens(bank) - specials) if bank else set(_mode_ids(tokenizer, mode))
     allowed -= tokens(parse_words(blocklist))
@@ -226,7 +228,8 @@ class Verbalizer:
         if len(set(token_ids)) < len(token_ids):
             raise PezError(f"two verbalizer words share their first token in {lm.name}; choose distinct words")
         self.token_ids = torch.tensor(token_ids, device=lm.device)
-        self.member = torch.tensor(owners, device=lm.device)[None, :] == torch.arange(len(self.labels), device=lm.device)[:, None]
+        labels = torch.arange(len(self.labels), device=lm.device)
+        self.member = torch.tensor(owners, device=lm.device)[None, :] == labels[:, None]  # (C, words)
 
     def label_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., C) log-sum-exp over each label's word logits, from next-token logits (..., V)."""
@@ -327,7 +330,8 @@ class LmScorer(Scorer):
         for name, rows in (("training", self.train), ("validation", self.valid)):
             unknown = sorted({e.label for e in rows} - set(self.verbalizer.labels))
             if unknown:
-                raise PezError(f"{name} labels {unknown} are not in the verbalizer ({', '.join(self.verbalizer.labels)})")
+                raise PezError(f"{name} labels {unknown} are not in the verbalizer "
+                               f"({', '.join(self.verbalizer.labels)})")
         if not self.train:
             raise PezError("no training examples")
         self.fluency, self.batch_size, self.seed = float(fluency), min(batch_size, len(self.train)), seed
@@ -384,7 +388,8 @@ class LmScorer(Scorer):
         ids, mask = lay.ids[rows], lay.is_prompt[rows]
         embeds = torch.where(mask[None, :, :, None], prompts[:, lay.slot[rows]], self.table[ids].to(prompts.dtype))
         hidden = self.lm.hidden(embeds.flatten(0, 1)).view(N, B, ids.shape[1], -1)
-        scores = self.verbalizer.label_scores(self.lm.logits(hidden[:, torch.arange(B, device=self.device), lay.answer[rows]]))
+        answer = hidden[:, torch.arange(B, device=self.device), lay.answer[rows]]  # (N, B, D)
+        scores = self.verbalizer.label_scores(self.lm.logits(answer))
         target = lay.targets[rows]
         loss = F.cross_entropy(scores.flatten(0, 1), target.repeat(N), reduction="none").view(N, B).mean(1)
         accuracy = (scores.argmax(-1) == target).float().mean(1)
@@ -537,7 +542,8 @@ def run_cli(args, callback=None) -> dict:
     report = prompt_report(lm, args.template, args.verbalizer, examples, result.prompt)
     transfer = [prompt_report(load_lm(name, args.device, args.dtype, args.allow_download), args.template,
                               args.verbalizer, examples, result.prompt) for name in args.eval_lm]
-    return {"prompt": result.prompt, "token_ids": result.token_ids, **report, "scored_on": "valid" if valid else "train",
+    return {"prompt": result.prompt, "token_ids": result.token_ids, **report,
+            "scored_on": "valid" if valid else "train",
             "fluency": args.fluency, "steps": result.steps, "seconds": round(result.seconds, 2),
             "stopped_early": result.stopped_early, "transfer": transfer}
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
@@ -122,7 +121,8 @@ def test_fluency_weight_changes_the_objective_and_its_gradient(tiny):
         gain.sum().backward()
         grads.append(x.grad)
         gains.append(float(gain.detach()))
-    nll = L.evaluate_prompt(tiny, TEMPLATE, VERBALIZER, _examples(), _scorer(tiny).decode(_words_prompt(_scorer(tiny)))).nll
+    text = _scorer(tiny).decode(_words_prompt(_scorer(tiny)))
+    nll = L.evaluate_prompt(tiny, TEMPLATE, VERBALIZER, _examples(), text).nll
     assert gains[0] - gains[1] == pytest.approx(2.0 * nll, rel=1e-4)
     assert not torch.allclose(grads[0], grads[1])
 
@@ -149,17 +149,20 @@ def test_projection_and_result_use_only_allowed_tokens(tiny, vocab, blocklist, a
 def test_result_reports_the_accuracy_of_its_string(tiny):
     train = _examples(8)
     result = L.learn_prompt(tiny, TEMPLATE, VERBALIZER, train[:6], train, PezConfig(prompt_len=3, steps=6, restarts=2))
-    assert result.similarity == pytest.approx(L.evaluate_prompt(tiny, TEMPLATE, VERBALIZER, train, result.prompt).accuracy)
+    score = L.evaluate_prompt(tiny, TEMPLATE, VERBALIZER, train, result.prompt)
+    assert result.similarity == pytest.approx(score.accuracy)
 
 
 def test_same_seed_same_prompt_and_batches_follow_the_seed(tiny):
     config = PezConfig(prompt_len=3, steps=8, restarts=2, seed=5)
     train = _examples(8)
-    runs = [L.learn_prompt(tiny, TEMPLATE, VERBALIZER, train, None, config, fluency=0.3, batch_size=3) for _ in range(2)]
+    runs = [L.learn_prompt(tiny, TEMPLATE, VERBALIZER, train, None, config, fluency=0.3, batch_size=3)
+            for _ in range(2)]
     assert runs[0].prompt == runs[1].prompt and runs[0].token_ids == runs[1].token_ids
     orders = [L.LmScorer(tiny, TEMPLATE, VERBALIZER, train, batch_size=3, seed=s).layout(3).order for s in (5, 5, 6)]
     assert torch.equal(orders[0], orders[1]) and not torch.equal(orders[0], orders[2])
-    assert orders[0].shape[1] == 3 and sorted(orders[0][:len(train) // 3].flatten().tolist()) == sorted(set(orders[0][:len(train) // 3].flatten().tolist()))
+    first_epoch = orders[0][:len(train) // 3].flatten().tolist()
+    assert orders[0].shape[1] == 3 and len(first_epoch) == len(set(first_epoch))  # no example twice in an epoch
 
 
 def test_template_and_verbalizer_errors(tiny):
@@ -201,7 +204,8 @@ def test_bad_data_files_name_the_problem(tmp_path, name, content, message):
 
 def test_data_files_and_few_shot(tmp_path):
     (tmp_path / "d.csv").write_text('text,label\n"good, very",positive\nbad,negative\nfine,positive\n')
-    (tmp_path / "d.jsonl").write_text('{"text": "good, very", "label": "positive"}\n\n{"text": "bad", "label": "negative"}\n')
+    (tmp_path / "d.jsonl").write_text('{"text": "good, very", "label": "positive"}\n\n'
+                                      '{"text": "bad", "label": "negative"}\n')
     csv_rows = load_examples(tmp_path / "d.csv", ["positive", "negative"])
     assert csv_rows[0] == Example("good, very", "positive") and len(csv_rows) == 3
     assert load_examples(tmp_path / "d.jsonl", ["positive", "negative"]) == csv_rows[:2]

@@ -34,7 +34,8 @@ REVIEWS = ("the {s} was {a} and {b} .", "a {a} {s} , {b} too .", "this {s} felt 
 CUES = ("to be honest ,", "in short ,", "all in all ,", "my verdict :", "in the end ,", "overall ,",
         "honestly ,", "to sum up ,")
 SMALL_TALK = ("we went there on a sunday .", "my friend came along .", "the seats were red .", "it rained that night .",
-              "i had some popcorn .", "the ticket was cheap .", "we talked about it later .", "my sister liked the music .",
+              "i had some popcorn .", "the ticket was cheap .", "we talked about it later .",
+              "my sister liked the music .",
               "it was late .", "the room was quiet .", "we sat near the front .", "it was a long day .",
               "the bus was crowded .", "i read it on the train .", "we had tea after .", "my dad fell asleep .")
 VERDICTS = ("great", "terrible")
