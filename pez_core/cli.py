@@ -1,4 +1,4 @@
-"""Command line: ``python -m pez_core invert|style|distill|score|models``.
+"""Command line: ``python -m pez_core invert|style|distill|score|models|lm``.
 
 With ``--json`` stdout carries one JSON object per result, in input order; progress goes to stderr.
 """
@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--text", action="append", required=True, help="text to score (repeatable)")
     sub.add_argument("images", nargs="+", type=Path)
     commands.add_parser("models", help="list usable model names")
+    from .lm import add_cli_arguments  # language-model prompts (pez_core.lm)
+    add_cli_arguments(commands.add_parser("lm", help="a prompt that makes a causal language model classify text"))
     return parser
 
 
@@ -154,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "lm":
+        from .lm import main_cli
+        return main_cli(args)
     if args.command == "models":
         for name, description in available_models():
             sys.stdout.write(f"{name}\t{description}\n")
