@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from comfy_harness import COMFY_DIR, DEFAULT_PYTHON, PACK_NAME, ComfyServer, workflow_to_api  # noqa: E402
 
-WORKFLOW = ROOT / "example_workflows" / "5 CPU image to prompt (no checkpoint).json"
+WORKFLOW = ROOT / "example_workflows" / "5 Image to prompt on the CPU.json"
 SAMPLE = ROOT / "assets" / "pez-demo-shape.png"
+SAMPLES = sorted((ROOT / "assets").glob("pez-demo-*.png"))  # the images the example workflows load
 SERVE_HOME = ROOT / ".comfyui-home"
 
 log = logging.getLogger("demo")
@@ -55,13 +56,14 @@ def demo() -> int:
 
 
 def serve(port: int) -> None:
-    """ComfyUI in the foreground with this pack and the sample image, in a folder of its own."""
+    """ComfyUI in the foreground with this pack and the examples' images, in a folder of its own."""
     link = SERVE_HOME / "custom_nodes" / PACK_NAME
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.is_symlink():
         link.symlink_to(ROOT, target_is_directory=True)
     (SERVE_HOME / "input").mkdir(exist_ok=True)
-    (SERVE_HOME / "input" / SAMPLE.name).write_bytes(SAMPLE.read_bytes())
+    for sample in SAMPLES:  # copies, not links: ComfyUI 0.33 rejects links that leave input/
+        (SERVE_HOME / "input" / sample.name).write_bytes(sample.read_bytes())
     args = [str(DEFAULT_PYTHON), str(COMFY_DIR / "main.py"), "--listen", "127.0.0.1", "--port", str(port),
             "--base-directory", str(SERVE_HOME), "--database-url", f"sqlite:///{SERVE_HOME}/comfyui.db",
             "--disable-auto-launch"]

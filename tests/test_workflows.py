@@ -3,7 +3,9 @@
 Every file must match the server's /object_info (node types, widget counts, typed links), is served
 by ComfyUI's template browser, and its PEZ part runs: the file is converted to the API format the
 way the graph editor does it, models that cannot load offline become the tiny test checkpoint,
-steps are cut, and the nodes that need a diffusion checkpoint are left out.
+steps are cut, and the nodes that need a diffusion checkpoint are left out. The images they load are
+the shipped samples in ``assets/`` (which ``make serve`` copies into its ``input/``), and each PEZ Load
+Model that names a preset declares the weights file for the frontend's missing-models dialog.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 
 from comfy_harness import FRONTEND_ONLY, ComfyServer, input_type, inputs_in_order, is_widget, widget_values_per_input
 from comfy_harness import workflow_to_api as to_api
+from demo import SAMPLES
 from helpers import TINY_MODEL
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
@@ -28,6 +31,8 @@ TEST_STEPS = 8
 
 @pytest.fixture(scope="module")
 def object_info(comfy_server: ComfyServer) -> dict[str, Any]:
+    for sample in SAMPLES:  # what `make serve` puts into input/ for the examples
+        comfy_server.add_file(f"input/{sample.name}", sample)
     return comfy_server.object_info()
 
 
@@ -70,6 +75,24 @@ def test_templates_are_served(comfy_server: ComfyServer) -> None:
         resp = comfy_server.request("GET", f"/api/workflow_templates/{PACK}/{quote(path.name)}")
         assert resp.ok, (path.name, resp.status_code)
         assert resp.json() == load(path)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_images_are_shipped_and_models_declared(path: Path) -> None:
+    """No "Invalid image file" under `make serve`; the CLIP weights are offered by the missing-models
+    dialog the way the SD checkpoint is (`name` in models/pez, a download `url`)."""
+    from pez_core.models import PRESETS
+
+    shipped = {sample.name for sample in SAMPLES}
+    for node in load(path)["nodes"]:
+        if node["type"] == "LoadImage":
+            assert node["widgets_values"][0] in shipped, (path.name, node["id"], node["widgets_values"][0])
+        if node["type"] == "PEZ_LoadModel" and node["widgets_values"][0] in PRESETS:
+            preset = PRESETS[node["widgets_values"][0]]
+            [model] = node["properties"]["models"]
+            assert model["directory"] == "pez" and model["url"].startswith("https://huggingface.co/"), model
+            assert model["name"] == f"{preset.arch}-{preset.pretrained}.safetensors", model  # the name pez_core reads
+            assert model["url"].split("?")[0].endswith(".safetensors"), model
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])

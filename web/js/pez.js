@@ -229,10 +229,11 @@ function savedResult(node) {
   return resultFrom(node.properties?.[RESULT_PROPERTY], SAVED_KEYS);
 }
 
-/** What is shown under the prompt(s): the node's own note if it sent one, else made up here. */
+/** What is shown under the prompt(s): the node's own note if it sent one, else made up here. The
+ * warnings are not among them: they go first (see formatResult). */
 function metaLines(result) {
-  if (result.note) return [result.note];
   const { text, similarity = [], token_count: tokens = [], warning = [] } = result;
+  if (result.note) return result.note === warning.join("\n") ? [] : [result.note];
   const lines = [];
   if (text.length === 1) {
     const meta = [];
@@ -240,13 +241,13 @@ function metaLines(result) {
     if (tokens.length) meta.push(`${tokens[0]} tokens`);
     if (meta.length) lines.push(meta.join(" · "));
   }
-  for (const w of warning) lines.push(`warning: ${w}`);
   return lines;
 }
 
 function formatResult(result) {
-  const { text, similarity = [], token_count: tokens = [] } = result;
-  const blocks = [];
+  const { text, similarity = [], token_count: tokens = [], warning = [] } = result;
+  // A warning (Concat's "over 75 tokens") comes with a long prompt: first, or it is below the box's fold.
+  const blocks = warning.length ? [warning.map((w) => `warning: ${w}`).join("\n")] : [];
   if (text.length === 1) {
     blocks.push(text[0]);
   } else {
