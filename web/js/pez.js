@@ -207,8 +207,10 @@ function show(node, text, { running = false, warning = false } = {}) {
 // -- results -------------------------------------------------------------------------------
 
 // result key -> key in a node's `ui` output; a saved result (node.properties) uses the result keys
-const UI_KEYS = { similarity: "pez_similarity", token_count: "pez_token_count", warning: "pez_warning" };
-const SAVED_KEYS = { similarity: "similarity", token_count: "token_count", warning: "warning" };
+const UI_KEYS = { similarity: "pez_similarity", token_count: "pez_token_count", warning: "pez_warning",
+  model_similarities: "pez_model_similarities" };
+const SAVED_KEYS = { similarity: "similarity", token_count: "token_count", warning: "warning",
+  model_similarities: "model_similarities" };
 
 /** What is shown and saved of a `ui` output (UI_KEYS) or of a saved result (SAVED_KEYS, with its
  * note), checked; null without text. */
@@ -240,8 +242,16 @@ function metaLines(result) {
     if (similarity.length) meta.push(`similarity ${formatSimilarity(similarity[0])}`);
     if (tokens.length) meta.push(`${tokens[0]} tokens`);
     if (meta.length) lines.push(meta.join(" · "));
+    const perModel = perModelLine(result.model_similarities?.[0]);
+    if (perModel) lines.push(perModel);
   }
   return lines;
+}
+
+/** Each model's similarity of one prompt (PEZ Combine Models, SDXL preset), or "" for one model. */
+function perModelLine(values) {
+  const list = asList(values);
+  return list.length > 1 ? `per model ${list.map((s) => formatSimilarity(s)).join(" · ")}` : "";
 }
 
 function formatResult(result) {
@@ -256,6 +266,8 @@ function formatResult(result) {
       if (!result.note && i < similarity.length)
         meta.push(`similarity ${formatSimilarity(similarity[i])}`);
       if (!result.note && i < tokens.length) meta.push(`${tokens[i]} tokens`);
+      const perModel = result.note ? "" : perModelLine(result.model_similarities?.[i]);
+      if (perModel) meta.push(perModel);
       blocks.push(`${meta.join(" · ")}\n${prompt}`);
     });
   }
