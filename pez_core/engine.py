@@ -332,8 +332,8 @@ class _Watch:
             if value > self.reported[p]:
                 self.reported[p] = value
                 self.texts[p] = run.scorer.decode(ids[p])
-        if self.callback is not None and self.callback(Progress(step, cfg.steps, [clamp_similarity(v) for v in similarities],
-                                                                list(self.texts))):
+        progress = Progress(step, cfg.steps, [clamp_similarity(v) for v in similarities], list(self.texts))
+        if self.callback is not None and self.callback(progress):
             return True
         if cfg.patience is not None and step - self.last_gain_step >= cfg.patience:
             log.info("no gain for %d steps: stopping at step %d of %d", cfg.patience, step, cfg.steps)
