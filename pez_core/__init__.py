@@ -9,7 +9,7 @@ from .engine import LR_RANGE, LR_SCHEDULES, MAX_RESTARTS, MAX_STEPS, PezConfig, 
 from .errors import ModelLoadError, PezError, WeightsNotAvailableError
 from .models import MAX_PROMPT_TOKENS, PRECISIONS, PRESETS, PezModel, available_models, clear_cache, load_model
 from .objective import ClipScorer, Objective
-from .polish import POLISH_MODES, polish
+from .polish import POLISH_MODES, polish_prompts
 from .scorer import Scorer
 from .tasks import DEFAULT_NEGATIVE_WEIGHT, distill, invert, score, style
 from .vocab import VOCAB_MODES, allowed_token_ids
@@ -18,6 +18,6 @@ __all__ = [
     "DEFAULT_NEGATIVE_WEIGHT", "LR_RANGE", "LR_SCHEDULES", "MAX_PROMPT_TOKENS", "MAX_RESTARTS", "MAX_STEPS", "PRECISIONS",
     "POLISH_MODES", "PRESETS", "VOCAB_MODES", "ClipScorer", "ModelLoadError", "Objective", "PezConfig", "PezError", "PezModel",
     "PezResult", "Progress", "Scorer", "WeightsNotAvailableError", "allowed_token_ids", "available_models",
-    "clear_cache", "distill", "invert", "load_model", "optimize", "polish", "score", "search", "style",
+    "clear_cache", "distill", "invert", "load_model", "optimize", "polish_prompts", "score", "search", "style",
 ]
 __version__ = "0.1.0"

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .errors import PezError
 from .models import MAX_PROMPT_TOKENS, PezModel
 from .objective import ClipScorer, Objective
-from .polish import POLISH_MODES, polish
+from .polish import POLISH_MODES, polish_prompts
 from .scorer import Scorer
 from .vocab import VOCAB_MODES
 
@@ -259,7 +259,7 @@ class _Run:
 
     def polished(self, results: list[PezResult], watch: "_Watch", started: float) -> list[PezResult]:
         """The polishing stage (``pez_core.polish``) on each problem's best string, within the time budget."""
-        found = polish(self.scorer, [r.prompt for r in results], self.config.polish, deadline=watch.deadline,
+        found = polish_prompts(self.scorer, [r.prompt for r in results], self.config.polish, deadline=watch.deadline,
                        target_similarity=self.config.target_similarity, report=watch.polishing)
         seconds = time.perf_counter() - started
         return [dataclasses.replace(r, prompt=f.prompt, token_ids=f.token_ids,

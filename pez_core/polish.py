@@ -54,10 +54,12 @@ class _Stop(Exception):
     """Out of time, or the caller asked to stop: the best strings so far are the result."""
 
 
-def polish(scorer: Scorer, prompts: Sequence[str], mode: str = "swap+prune", *, deadline: float | None = None,
-           target_similarity: float | None = None, report: Report | None = None) -> list[Polished]:
+def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str = "swap+prune", *,
+                   deadline: float | None = None, target_similarity: float | None = None,
+                   report: Report | None = None, floor: Sequence[float] | None = None) -> list[Polished]:
     """Polish one prompt per problem of ``scorer`` (``prompts[p]`` for problem p).
 
+    The result never has a lower gain than ``floor`` (default: the gain of the prompt it starts from).
     ``deadline`` is a ``time.perf_counter()`` time; by then polishing returns its best so far, as it
     does when ``report`` returns True. Problems whose similarity reaches ``target_similarity`` are not
     swapped further (pruning still runs: it never goes below where polishing started).
@@ -66,6 +68,8 @@ def polish(scorer: Scorer, prompts: Sequence[str], mode: str = "swap+prune", *, 
         raise ValueError(f"unknown polish mode {mode!r}; choose one of {', '.join(POLISH_MODES)}")
     work = _Polisher(scorer, deadline, target_similarity, report)
     work.start(list(prompts))
+    if floor is not None:
+        work.floor = [float(f) for f in floor]
     try:
         if mode == "swap+prune":
             work.swap()
