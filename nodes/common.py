@@ -25,6 +25,7 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 LIVE_EVERY_S = 0.25        # pez.progress + progress text: at most 4 a second
 BAR_EVERY_S = 0.1          # the node's progress bar
 GIB = 1 << 30
+TIME_BUDGET_MAX = 24 * 3600.0
 
 PezModelType = io.Custom("PEZ_MODEL")
 
@@ -96,12 +97,32 @@ def negative_inputs() -> list[io.Input]:
     ]
 
 
+def stopping_inputs() -> list[io.Input]:
+    """Polishing and the stopping rules: optional, appended after every older input."""
+    return [
+        io.Combo.Input("polish", options=list(pez_core.POLISH_MODES), default=DEFAULTS.polish, optional=True,
+                       tooltip=(
+            "After the PEZ steps: swap+prune tries gradient-ranked token swaps, then drops tokens that do not "
+            f"pay (at most {pez_core.polish.PRUNE_BUDGET:.0%} of the similarity in all); prune only drops; off "
+            "returns PEZ's prompt as it is. Never returns a prompt that scores below PEZ's own.")),
+        io.Float.Input("time_budget", default=0.0, min=0.0, max=TIME_BUDGET_MAX, step=1.0, optional=True, tooltip=(
+            "Seconds for the whole run, polishing included; by then the node returns its best prompt. "
+            "0 = no limit (steps decide).")),
+        io.Float.Input("target_similarity", default=0.0, min=0.0, max=1.0, step=0.01, round=0.001, optional=True,
+                       tooltip="Stop as soon as the prompt reaches this similarity. 0 = no target."),
+    ]
+
+
 def make_config(*, prompt_length: int, steps: int, seed: int, vocabulary: str, restarts: int = 0,
-                learning_rate: float = DEFAULTS.lr, blocklist: str | None = "") -> pez_core.PezConfig:
-    """The widgets' values as a PezConfig (0 restarts: the engine's choice for the device)."""
+                learning_rate: float = DEFAULTS.lr, blocklist: str | None = "", polish: str | None = None,
+                time_budget: float | None = 0.0, target_similarity: float | None = 0.0) -> pez_core.PezConfig:
+    """The widgets' values as a PezConfig (0 restarts: the engine's choice for the device; a time budget
+    or target of 0: none)."""
     return pez_core.PezConfig(
         prompt_len=int(prompt_length), steps=int(steps), restarts=int(restarts) or None, lr=float(learning_rate),
-        seed=int(seed), vocab=vocabulary, blocklist=(blocklist or "").strip() or None)
+        seed=int(seed), vocab=vocabulary, blocklist=(blocklist or "").strip() or None,
+        polish=polish or DEFAULTS.polish, time_budget=float(time_budget or 0) or None,
+        target_similarity=float(target_similarity or 0) or None)
 
 
 def check_choices(**checks: tuple[Any, Sequence[str]]) -> bool | str:
@@ -180,7 +201,8 @@ class LiveProgress:
     def __call__(self, progress: pez_core.Progress) -> None:
         mm.throw_exception_if_processing_interrupted()
         now = time.monotonic()
-        last = progress.step >= progress.total
+        polishing = getattr(progress, "stage", "pez") == "polishing"
+        last = progress.step >= progress.total and not polishing  # polishing reports at the last step, throttled
         if last or now - self._bar_at >= BAR_EVERY_S:
             self._bar_at = now
             self.bar.update_absolute(progress.step, progress.total)
@@ -200,12 +222,14 @@ def send_live(node: str | None, progress: pez_core.Progress) -> None:
     context = get_executing_context()
     step, total = int(progress.step), int(progress.total)
     similarity, prompt = float(progress.similarity), progress.prompt
-    server.send_sync("pez.progress", {
+    stage = getattr(progress, "stage", "pez")
+    server.send_sync("pez.progress", {"stage": stage,
         "node": node, "display_node": node, "step": step, "total": total, "similarity": similarity,
         "prompt": prompt, "prompt_id": context.prompt_id if context is not None else server.last_prompt_id,
         "prompts": list(progress.prompts), "similarities": [float(s) for s in progress.similarities],
     }, server.client_id)
-    server.send_progress_text(f"step {step}/{total} · sim {similarity:.3f}\n{prompt}", node)
+    where = "polishing" if stage == "polishing" else f"step {step}/{total}"
+    server.send_progress_text(f"{where} · sim {similarity:.3f}\n{prompt}", node)
 
 
 def send_node_text(node: Any, text: str) -> None:
