@@ -183,25 +183,33 @@ class _Polisher:
         return (texts, who, *self.score(texts, who))
 
     def candidate_tokens(self, problems: list[int], per_position: int) -> dict[int, list[tuple[int, int]]]:
-        """(position, token) pairs per problem: the allowed tokens of highest first-order gain at each position."""
+        """(position, token) pairs per problem: the allowed tokens of highest first-order gain at each position.
+        One backward per group of prompts of the same length."""
         scorer, out = self.scorer, {}
         keys = scorer.table[scorer.allowed].float()
+        by_length: dict[int, list[int]] = {}
         for p in problems:
-            ids = torch.tensor(self.best[p].token_ids, device=scorer.device)
+            by_length.setdefault(len(self.best[p].token_ids), []).append(p)
+        for group in by_length.values():
+            ids = torch.tensor([self.best[p].token_ids for p in group], device=scorer.device)
             with torch.inference_mode(False), torch.enable_grad():
-                prompt = scorer.table[ids].float()[None].clone().requires_grad_(True)
-                gain, _ = scorer.gains(prompt, torch.tensor([p], device=scorer.device))
+                prompt = scorer.table[ids].float().clone().requires_grad_(True)
+                gain, _ = scorer.gains(prompt, torch.tensor(group, device=scorer.device))
                 grad, = torch.autograd.grad(gain.sum(), prompt)
-            grad = grad[0].detach()
-            rows = max(1, FIRST_ORDER_SCORES_MAX // len(scorer.allowed))
-            first_order = torch.cat([chunk @ keys.T for chunk in grad.split(rows)])  # (L, A); minus a per-row constant
-            positions = torch.arange(len(ids), device=scorer.device)
-            first_order[positions, _position_in(scorer.allowed, ids)] = -math.inf  # the token already there
-            k = min(per_position, len(scorer.allowed))
-            top = first_order.topk(k, dim=-1).indices
-            out[p] = [(i, int(scorer.allowed[a])) for i in range(len(ids)) for a in top[i].tolist()
-                      if math.isfinite(float(first_order[i, a]))]
+            for p, g, row_ids in zip(group, grad.detach(), ids):
+                out[p] = self.best_moves(g, row_ids, keys, per_position)
         return out
+
+    def best_moves(self, grad: torch.Tensor, ids: torch.Tensor, keys: torch.Tensor, per_position: int):
+        """<grad_i, e_v> for every allowed v (minus <grad_i, e_i>, the same for all v): the top ones per position."""
+        allowed = self.scorer.allowed
+        rows = max(1, FIRST_ORDER_SCORES_MAX // len(allowed))
+        first_order = torch.cat([chunk @ keys.T for chunk in grad.split(rows)])  # (L, A)
+        positions = torch.arange(len(ids), device=ids.device)
+        first_order[positions, _position_in(allowed, ids)] = -math.inf  # the token already there is no move
+        values, top = first_order.topk(min(per_position, len(allowed)), dim=-1)
+        tokens, finite = allowed[top].tolist(), values.isfinite().tolist()
+        return [(i, v) for i in range(len(ids)) for v, ok in zip(tokens[i], finite[i]) if ok]
 
     # --- prune -------------------------------------------------------------------------------------
     def prune(self) -> None:
