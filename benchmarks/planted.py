@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-steps", type=int, default=1000, help="the reference step count the budget is cut from")
     parser.add_argument("--budget-share", type=float, default=0.1)
     parser.add_argument("--restarts", type=int, help="engine restarts (default: the engine's for the device)")
-    parser.add_argument("--polish", nargs="+", default=["swap+prune", "off"], choices=pez_core.POLISH_MODES)
+    parser.add_argument("--polish", nargs="+", default=["swap+prune", "swap", "off"], choices=pez_core.POLISH_MODES)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args(argv)

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     optim.add_argument("--patience", type=int, help="stop after this many steps without improvement")
     optim.add_argument("--polish", default=DEFAULTS.polish, choices=POLISH_MODES,
                        help="after the PEZ loop: gradient-ranked token swaps and/or pruning of tokens that "
-                            "do not pay (default %(default)s)")
+                            "do not pay; never scores below PEZ's own prompt (default %(default)s)")
     optim.add_argument("--time-budget", type=float, metavar="SECONDS",
                        help="end the whole run, polishing included, by then and return the best prompt")
     optim.add_argument("--target-similarity", type=float, metavar="X",

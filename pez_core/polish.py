@@ -9,6 +9,8 @@ PEZ ends at its best projection; from there single-token changes, scored in larg
 - *prune*: drop tokens whose removals cost at most ``PRUNE_BUDGET`` of the similarity in total
   (repeated tokens first when they do not pay), so prompts lose filler and stray words.
 
+Modes (``POLISH_MODES``): off, prune, swap, swap+prune (swaps first, then pruning).
+
 Every candidate is decoded and scored as a string (``Scorer.score_texts``, re-tokenized), like the
 engine's final choice, on the whole objective (negatives, several images). A polished prompt never
 scores below the prompt it started from. Only the ``Scorer`` interface is used, so polishing serves
@@ -28,7 +30,7 @@ from .scorer import Scorer
 
 log = logging.getLogger(__name__)
 
-POLISH_MODES = ("off", "prune", "swap+prune")
+POLISH_MODES = ("off", "prune", "swap", "swap+prune")
 SWAP_PER_POSITION = 8     # gradient-ranked tokens tried at each position per round
 SWAP_WIDE = 4             # a round that finds nothing is retried once with this many times more tokens
 SWAP_ROUNDS = 32          # at most; a prompt stops swapping when even a wide round finds nothing
@@ -71,7 +73,7 @@ def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str = "swap+pru
     if floor is not None:
         work.floor = [float(f) for f in floor]
     try:
-        if mode == "swap+prune":
+        if mode in ("swap", "swap+prune"):
             work.swap()
         if mode in ("prune", "swap+prune"):
             work.prune()

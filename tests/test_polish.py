@@ -102,6 +102,8 @@ def test_swap_reaches_the_optimum_of_a_bag_of_words(model):
     scorer = BagOfWords(model, "red circle on star")
     [done] = pez_core.polish_prompts(scorer, ["big big big big"], "swap+prune")
     assert sorted(done.prompt.split()) == sorted("red circle on star".split())
+    [swapped] = pez_core.polish_prompts(scorer, ["big big big big big"], "swap")  # swaps keep the length
+    assert len(swapped.token_ids) == 5 and swapped.gain > 0.9
 
 
 def test_time_budget_ends_a_long_run_with_its_best(model):
@@ -146,7 +148,7 @@ def test_a_cancel_while_polishing_propagates(model):
 
 
 @pytest.mark.parametrize("config, message", [
-    (PezConfig(polish="swap"), "unknown polish mode"),
+    (PezConfig(polish="shuffle"), "unknown polish mode"),
     (PezConfig(time_budget=0), "time budget"),
     (PezConfig(time_budget=float("nan")), "time budget"),
     (PezConfig(target_similarity=1.5), "target similarity"),
