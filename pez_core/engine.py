@@ -59,7 +59,7 @@ class PezConfig:
     patience: int | None = None     # stop once the best has not improved for this many steps
     sync_every: int | None = None   # steps between host syncs (progress, cancel, stopping); None: 2 on CPU, 20 on GPU
     max_batch: int | None = None    # prompts through the model at once; None: what half the free memory holds
-    polish: str = "swap+prune"      # after the PEZ loop: off, prune, swap or swap+prune (pez_core.polish)
+    polish: str = "prune"           # after the loop: off, prune, swap, swap+prune (measured: benchmarks/README.md)
     time_budget: float | None = None        # seconds for the whole run, polishing included
     target_similarity: float | None = None  # stop once every problem's best string reaches this
 
@@ -155,9 +155,10 @@ def search(scorer: Scorer, config: PezConfig | None = None, callback: Callback |
     """
     config = config or PezConfig()
     config.validate()
+    started = time.perf_counter()  # a time budget counts the set-up too
     # ComfyUI runs nodes under inference_mode; optimisation needs autograd.
     with torch.inference_mode(False), torch.enable_grad():
-        return _Run(scorer, config).run(callback)
+        return _Run(scorer, config).run(callback, started)
 
 
 def straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
@@ -240,10 +241,10 @@ class _Run:
             self.steps_done += 1
             self.lr.copy_(self.config.lr * 0.5 * (1 + torch.cos(self.steps_done * (math.pi / self.config.steps))))
 
-    def run(self, callback: Callback | None) -> list[PezResult]:
+    def run(self, callback: Callback | None, started: float | None = None) -> list[PezResult]:
         from .cuda_graph import graphed_step
 
-        started = time.perf_counter()
+        started = time.perf_counter() if started is None else started
         watch = _Watch(self, callback, started)
         replay, step = graphed_step(self, self.config.steps)  # may run a few warm-up steps first
         while step < self.config.steps:

@@ -73,7 +73,7 @@ def test_polish_never_scores_below_the_unpolished_prompt_on_the_whole_objective(
 def test_swaps_keep_to_the_word_bank_and_blocklist(model):
     bank = ["red", "green", "circle", "square", "large", "small", "dog"]
     result = pez_core.distill(model, "a big red circle", PezConfig(prompt_len=5, steps=5, allowlist=bank,
-                                                                   blocklist="dog"))
+                                                                   blocklist="dog", polish="swap+prune"))
     assert set(result.prompt.split()) <= set(bank) - {"dog"}
 
 
