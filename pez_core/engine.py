@@ -39,7 +39,9 @@ MAX_RESTARTS = 64
 LR_RANGE = (0.001, 10.0)
 PROJECTION_SCORES_MAX = 1 << 26  # fp32 scores held at once by the projection (256 MiB)
 IMPROVEMENT = 1e-4               # a gain smaller than this does not reset the patience count
-POLISH_SHARE = 0.5               # of a time budget, what the PEZ loop leaves to polishing
+# of a time budget, what the PEZ loop leaves to polishing: pruning alone needs little (measured: 17.6 of 34.8 s
+# went unused when it had half)
+POLISH_SHARE = {"off": 0.0, "prune": 0.1, "swap": 0.5, "swap+prune": 0.5}
 TARGET_MARGIN = 0.05             # strings are checked against a target once their ids' similarity is this close
 
 
@@ -323,7 +325,7 @@ class _Watch:
         self.step = 0
         budget, cfg = run.config.time_budget, run.config
         self.deadline = None if budget is None else started + budget
-        share = 1.0 if cfg.polish == "off" else 1.0 - POLISH_SHARE
+        share = 1.0 - POLISH_SHARE[cfg.polish]
         self.loop_deadline = None if budget is None else started + share * budget
         self.string_similarity = [-math.inf] * run.problems  # of the best string, once checked
 
