@@ -117,10 +117,10 @@ def string_similarity(model, prompts: list[str], targets: torch.Tensor) -> list[
     return sims
 
 
-def run_pez(model, images, L: int, vocab: str, restarts: int, steps: int, seed: int) -> Outcome:
+def run_pez(model, images, L: int, vocab: str, restarts: int, steps: int, seed: int, polish: str = "off") -> Outcome:
     allowlist = list(WORLD_WORDS) if vocab == "bank" else None
     config = PezConfig(prompt_len=L, steps=steps, restarts=restarts, vocab="words" if vocab == "bank" else vocab,
-                       allowlist=allowlist, seed=seed)
+                       allowlist=allowlist, seed=seed, polish=polish)
     results = pez_core.invert(model, images, config)
     return Outcome([r.prompt for r in results], [r.similarity for r in results], results[0].seconds)
 
@@ -316,6 +316,8 @@ def main() -> None:
                         help="seed spread: these seeds on the first --spread-images single-object images "
                              "(length --long, or 16; words; 1 restart); empty: skip")
     parser.add_argument("--spread-images", type=int, default=3)
+    parser.add_argument("--polish", default="off",
+                        help="comma list of polish modes each PEZ setting runs with (off, prune, swap+prune)")
     parser.add_argument("--out", help="also write the markdown tables here")
     parser.add_argument("--json", help="also write every prompt of every setting here")
     args = parser.parse_args()
@@ -335,6 +337,10 @@ def main() -> None:
     vocabs = args.vocabs.split(",")
     restarts = [int(x) for x in args.restarts.split(",")]
     budget = args.steps * max(restarts)
+    polishes = args.polish.split(",")
+
+    def pez_name(polish: str) -> str:
+        return "PEZ" if polish == "off" else f"PEZ + {polish}"
     rows: list[Row] = []
 
     def log(row: Row) -> None:
@@ -361,7 +367,9 @@ def main() -> None:
     for L in lengths:
         for vocab in vocabs:
             for R in restarts:
-                log(Row("PEZ", str(L), vocab, str(R), run_pez(model, images, L, vocab, R, args.steps, args.seed)))
+                for polish in polishes:
+                    log(Row(pez_name(polish), str(L), vocab, str(R),
+                            run_pez(model, images, L, vocab, R, args.steps, args.seed, polish)))
         for vocab in vocabs:
             log(Row(f"random search ({budget} prompts)", str(L), vocab, "—",
                     run_random(model, targets, L, vocab, budget, args.seed)))
@@ -373,8 +381,9 @@ def main() -> None:
             log(reference_rows[-1])
     if args.long:
         for vocab in vocabs:
-            out = run_pez(model, images, args.long, vocab, 1, args.steps, args.seed)
-            log(Row("PEZ", str(args.long), vocab, "1", out))
+            for polish in polishes:
+                out = run_pez(model, images, args.long, vocab, 1, args.steps, args.seed, polish)
+                log(Row(pez_name(polish), str(args.long), vocab, "1", out))
 
     notes = []
     for ref in reference_rows:  # the engine on the reference loop's images, for a like-for-like reading

@@ -27,8 +27,10 @@ def _encode_template(model: PezModel, prompt: torch.Tensor, template: torch.Tens
 
 
 def reference_pez(model: PezModel, target: torch.Tensor, prompt_len: int = 16, steps: int = 100,
-                  lr: float = 0.1, weight_decay: float = 0.1, seed: int = 0) -> dict:
-    """Returns best prompt, best similarity, ms per step. ``target`` is one unit feature (D,)."""
+                  lr: float = 0.1, weight_decay: float = 0.1, seed: int = 0, record_at=()) -> dict:
+    """Returns best prompt, best similarity, ms per step. ``target`` is one unit feature (D,).
+    ``record_at``: steps after which the best so far is also recorded (``history``: step, similarity,
+    prompt, seconds), so one run gives several step counts."""
     table = model.token_embeddings.float()
     template = torch.zeros(1, model.context_length, dtype=torch.long, device=model.device)
     template[0, 0], template[0, prompt_len + 1] = model.sot_id, model.eot_id
@@ -36,10 +38,10 @@ def reference_pez(model: PezModel, target: torch.Tensor, prompt_len: int = 16, s
     start = torch.randint(table.shape[0], (1, prompt_len), generator=generator).to(model.device)
     prompt = table[start].clone().requires_grad_(True)
     optimizer = torch.optim.AdamW([prompt], lr=lr, weight_decay=weight_decay)
-    best_sim, best_text = -1.0, ""
+    best_sim, best_text, history = -1.0, "", []
     with torch.inference_mode(False), torch.enable_grad():
         started = time.perf_counter()
-        for _ in range(steps):
+        for step in range(steps):
             vocab = F.normalize(table, dim=-1)  # renormalised every step
             nearest = (F.normalize(prompt.detach(), dim=-1) @ vocab.T).argmax(dim=-1)
             ids = torch.tensor(nearest.cpu().numpy(), device=model.device)  # host round trip
@@ -51,5 +53,8 @@ def reference_pez(model: PezModel, target: torch.Tensor, prompt_len: int = 16, s
                 sim = (_encode_template(model, table[ids], template) @ target).item()
             if sim > best_sim:
                 best_sim, best_text = sim, model.decode(ids[0].tolist())
+            if step + 1 in record_at:
+                history.append({"step": step + 1, "similarity": best_sim, "prompt": best_text,
+                                "seconds": time.perf_counter() - started})
         seconds = time.perf_counter() - started
-    return {"prompt": best_text, "similarity": best_sim, "ms_per_step": 1000 * seconds / steps}
+    return {"prompt": best_text, "similarity": best_sim, "ms_per_step": 1000 * seconds / steps, "history": history}

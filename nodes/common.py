@@ -30,6 +30,7 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 LIVE_EVERY_S = 0.25        # pez.progress + progress text: at most 4 a second
 BAR_EVERY_S = 0.1          # the node's progress bar
 GIB = 1 << 30
+TIME_BUDGET_MAX = 24 * 3600.0
 
 PezModelType = io.Custom("PEZ_MODEL")
 
@@ -50,8 +51,9 @@ def model_input() -> io.Input:
 def prompt_length_input(tooltip: str | None = None) -> io.Input:
     return io.Int.Input("prompt_length", default=DEFAULTS.prompt_len, min=1, max=pez_core.MAX_PROMPT_TOKENS,
                         tooltip=tooltip or (
-        f"Length of the learned prompt in CLIP tokens. {DEFAULTS.prompt_len} transfers best between models in "
-        f"the PEZ paper; at most {pez_core.MAX_PROMPT_TOKENS} (CLIP's limit)."))
+        f"Length of the learned prompt in CLIP tokens. {DEFAULTS.prompt_len} named the object best in our "
+        "measurements; 16 (the PEZ paper's) transfers best between models but adds stray words; at most "
+        f"{pez_core.MAX_PROMPT_TOKENS} (CLIP's limit)."))
 
 
 def steps_input() -> io.Input:
@@ -101,15 +103,35 @@ def negative_inputs() -> list[io.Input]:
     ]
 
 
+def stopping_inputs() -> list[io.Input]:
+    """Polishing and the stopping rules: optional, appended after every older input."""
+    return [
+        io.Combo.Input("polish", options=list(pez_core.POLISH_MODES), default=DEFAULTS.polish, optional=True,
+                       tooltip=(
+            "After the PEZ steps. prune (default: named the object best in our measurements) drops tokens "
+            "that do not pay; swap tries gradient-ranked token swaps (highest similarity, may add stray "
+            f"words); swap+prune swaps, then drops tokens costing at most {pez_core.polish.PRUNE_BUDGET:.0%} of "
+            "the similarity in all; off: PEZ's prompt as it is. Never scores below PEZ's own prompt.")),
+        io.Float.Input("time_budget", default=0.0, min=0.0, max=TIME_BUDGET_MAX, step=1.0, optional=True, tooltip=(
+            "Seconds for the whole run, polishing included; by then the node returns its best prompt. "
+            "0 = no limit (steps decide).")),
+        io.Float.Input("target_similarity", default=0.0, min=0.0, max=1.0, step=0.01, round=0.001, optional=True,
+                       tooltip="Stop as soon as the prompt reaches this similarity. 0 = no target."),
+    ]
+
+
 def make_config(*, prompt_length: int, steps: int, seed: int, vocabulary: str, restarts: int = 0,
-                learning_rate: float = DEFAULTS.lr, blocklist: str | None = "") -> pez_core.PezConfig:
-    """The widgets' values as a PezConfig (0 restarts: the engine's choice for the device), checked at once:
-    ComfyUI does not apply a widget's min/max to a linked value, so this is where e.g. 3000 restarts stop."""
-    if restarts == 0:
-        restarts = None
+                learning_rate: float = DEFAULTS.lr, blocklist: str | None = "", polish: str | None = None,
+                time_budget: float | None = 0.0, target_similarity: float | None = 0.0) -> pez_core.PezConfig:
+    """The widgets' values as a PezConfig (0 restarts: the engine's choice for the device; a time budget or
+    target of 0: none), checked at once: ComfyUI does not apply a widget's min/max to a linked value, so this
+    is where e.g. 3000 restarts stop."""
+    polish = polish or DEFAULTS.polish
+    check_choice("polish", polish, pez_core.POLISH_MODES)
     config = pez_core.PezConfig(
-        prompt_len=prompt_length, steps=steps, restarts=restarts, lr=learning_rate, seed=seed, vocab=vocabulary,
-        blocklist=check_text(blocklist or "", "blocklist").strip() or None)
+        prompt_len=prompt_length, steps=steps, restarts=restarts or None, lr=learning_rate, seed=seed,
+        vocab=vocabulary, blocklist=check_text(blocklist or "", "blocklist").strip() or None, polish=polish,
+        time_budget=time_budget or None, target_similarity=target_similarity or None)
     config.validate()
     return config
 
@@ -213,7 +235,8 @@ class LiveProgress:
     def __call__(self, progress: pez_core.Progress) -> bool:
         mm.throw_exception_if_processing_interrupted()
         now = time.monotonic()
-        last = progress.step >= progress.total
+        polishing = getattr(progress, "stage", "pez") == "polishing"
+        last = progress.step >= progress.total and not polishing  # polishing reports at the last step, throttled
         if last or now - self._bar_at >= BAR_EVERY_S:
             self._bar_at = now
             self.bar.update_absolute(progress.step, progress.total)
@@ -234,12 +257,14 @@ def send_live(node: str | None, progress: pez_core.Progress) -> None:
     context = get_executing_context()
     step, total = int(progress.step), int(progress.total)
     similarity, prompt = float(progress.similarity), progress.prompt
-    server.send_sync("pez.progress", {
+    stage = getattr(progress, "stage", "pez")
+    server.send_sync("pez.progress", {"stage": stage,
         "node": node, "display_node": node, "step": step, "total": total, "similarity": similarity,
         "prompt": prompt, "prompt_id": context.prompt_id if context is not None else server.last_prompt_id,
         "prompts": list(progress.prompts), "similarities": [float(s) for s in progress.similarities],
     }, server.client_id)
-    server.send_progress_text(f"step {step}/{total} · sim {similarity:.3f}\n{prompt}", node)
+    where = "polishing" if stage == "polishing" else f"step {step}/{total}"
+    server.send_progress_text(f"{where} · sim {similarity:.3f}\n{prompt}", node)
 
 
 def send_node_text(node: Any, text: str) -> None:

@@ -6,8 +6,8 @@ from comfy_api.latest import io
 from .. import pez_core
 from ..pez_core.limits import check_text
 from .common import (LiveProgress, check_choice, check_choices, device_session, log_results, make_config, model_input,
-                     node_schema, prompt_length_input, require_tokens, seed_input, steps_input, text_ui,
-                     vocabulary_input)
+                     node_schema, prompt_length_input, require_tokens, seed_input, steps_input, stopping_inputs,
+                     text_ui, vocabulary_input)
 
 TARGETS = ("length", "0.7", "0.5", "0.3", "0.1")
 
@@ -32,6 +32,7 @@ class DistillPrompt(io.ComfyNode):
                 steps_input(),
                 seed_input(),
                 vocabulary_input(),
+                *stopping_inputs(),
             ],
             outputs=[
                 io.String.Output("prompt", display_name="prompt", tooltip="The distilled prompt."),
@@ -42,18 +43,20 @@ class DistillPrompt(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, vocabulary) -> bool | str:
-        # one combo here, so ComfyUI names only it; target is checked in execute
+        # one combo here, so ComfyUI names only it; target and polish are checked in execute
         return check_choices(vocabulary=(vocabulary, pez_core.VOCAB_MODES))
 
     @classmethod
     def execute(cls, pez_model: pez_core.PezModel, text: str, target: str, prompt_length: int, steps: int,
-                seed: int, vocabulary: str) -> io.NodeOutput:
+                seed: int, vocabulary: str, polish: str | None = None, time_budget: float = 0.0,
+                target_similarity: float = 0.0) -> io.NodeOutput:
         check_choice("target", target, TARGETS)
         if not check_text(text, "text").strip():
             raise pez_core.PezError("the text to distill is empty; type or connect a prompt")
         require_tokens(text, "the text to distill")
         ratio = None if target == "length" else float(target)
-        config = make_config(prompt_length=prompt_length, steps=steps, seed=seed, vocabulary=vocabulary)
+        config = make_config(prompt_length=prompt_length, steps=steps, seed=seed, vocabulary=vocabulary,
+                             polish=polish, time_budget=time_budget, target_similarity=target_similarity)
         with device_session(pez_model):
             result = pez_core.distill(pez_model, text, config, ratio=ratio,
                                       callback=LiveProgress(cls.hidden.unique_id, config.steps))

@@ -8,8 +8,8 @@ from comfy_api.latest import io
 from .. import pez_core
 from .common import (LiveProgress, blocklist_input, check_choices, device_session, first, images_of,
                      learning_rate_input, log_results, make_config, model_input, negative_inputs, node_schema,
-                     prompt_length_input, restarts_input, seed_input, steps_input, text_ui, texts_of,
-                     vocabulary_input)
+                     prompt_length_input, restarts_input, seed_input, steps_input, stopping_inputs, text_ui,
+                     texts_of, vocabulary_input)
 
 
 class _ImagePromptNode(io.ComfyNode):
@@ -31,21 +31,25 @@ class _ImagePromptNode(io.ComfyNode):
             cls.NODE_ID, cls.TITLE, cls.DESCRIPTION,
             [model_input(), io.Image.Input("images", tooltip=cls.IMAGES_TOOLTIP), prompt_length_input(),
              steps_input(), restarts_input(), learning_rate_input(), seed_input(), vocabulary_input(),
-             blocklist_input(), *negative_inputs()],
+             blocklist_input(), *negative_inputs(), *stopping_inputs()],
             cls.outputs(), is_input_list=True)
 
     @classmethod
     def validate_inputs(cls, vocabulary) -> bool | str:
+        # one combo here, so ComfyUI names only it; polish is checked by make_config
         return check_choices(vocabulary=(vocabulary, pez_core.VOCAB_MODES))
 
     @classmethod
     def execute(cls, pez_model: list, images: list, prompt_length: list, steps: list, restarts: list,
                 learning_rate: list, seed: list, vocabulary: list, blocklist: list | None = None,
-                negative_images: list | None = None, negative_text: list | None = None) -> io.NodeOutput:
+                negative_images: list | None = None, negative_text: list | None = None, polish: list | None = None,
+                time_budget: list | None = None, target_similarity: list | None = None) -> io.NodeOutput:
         model = first(pez_model)
         config = make_config(prompt_length=first(prompt_length), steps=first(steps), seed=first(seed),
                              vocabulary=first(vocabulary), restarts=first(restarts, 0),
-                             learning_rate=first(learning_rate), blocklist=first(blocklist, ""))
+                             learning_rate=first(learning_rate), blocklist=first(blocklist, ""),
+                             polish=first(polish), time_budget=first(time_budget, 0.0),
+                             target_similarity=first(target_similarity, 0.0))
         with device_session(model):
             pictures = images_of(images)
             if not pictures:

@@ -15,6 +15,7 @@ import torch
 from .engine import LR_SCHEDULES, PezConfig
 from .errors import PezError
 from .joint import combine
+from .polish import POLISH_MODES
 from .models import DEFAULT_MODEL, MAX_PROMPT_TOKENS, PRECISIONS, available_models, load_model
 from .tasks import DEFAULT_NEGATIVE_WEIGHT
 from .vocab import VOCAB_MODES
@@ -59,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     optim.add_argument("--allowlist", help="comma-separated word bank: the only words the prompt may use")
     optim.add_argument("--lr-schedule", default=DEFAULTS.lr_schedule, choices=LR_SCHEDULES)
     optim.add_argument("--patience", type=int, help="stop after this many steps without improvement")
+    optim.add_argument("--polish", default=DEFAULTS.polish, choices=POLISH_MODES,
+                       help="after the PEZ loop: gradient-ranked token swaps and/or pruning of tokens that "
+                            "do not pay; never scores below PEZ's own prompt (default %(default)s)")
+    optim.add_argument("--time-budget", type=float, metavar="SECONDS",
+                       help="end the whole run, polishing included, by then and return the best prompt")
+    optim.add_argument("--target-similarity", type=float, metavar="X",
+                       help="stop as soon as the best prompt string reaches this similarity")
     optim.add_argument("--negative-text", action="append", default=[], help="text to push away from (repeatable)")
     optim.add_argument("--negative-image", action="append", default=[], type=Path, help="image to push away from")
     optim.add_argument("--negative-weight", type=float, default=DEFAULT_NEGATIVE_WEIGHT,
@@ -102,7 +110,8 @@ class _ProgressBar:
 
     def __call__(self, progress) -> None:
         self.bar.update(progress.step - self.bar.n)
-        self.bar.set_postfix_str(f"sim {progress.similarity:.3f} · {progress.prompt[:60]}")
+        stage = "polishing · " if progress.stage == "polishing" else ""
+        self.bar.set_postfix_str(f"{stage}sim {progress.similarity:.3f} · {progress.prompt[:60]}")
 
     def close(self) -> None:
         self.bar.close()
@@ -133,7 +142,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 for i, t in enumerate(args.text) for j, p in enumerate(args.images)]
     config = PezConfig(prompt_len=args.prompt_len, steps=args.steps, restarts=args.restarts, seed=args.seed,
                        lr=args.lr, weight_decay=args.weight_decay, vocab=args.vocab, blocklist=args.blocklist,
-                       allowlist=args.allowlist, lr_schedule=args.lr_schedule, patience=args.patience)
+                       allowlist=args.allowlist, lr_schedule=args.lr_schedule, patience=args.patience,
+                       polish=args.polish, time_budget=args.time_budget, target_similarity=args.target_similarity)
     negatives = dict(negative_images=_open_images(args.negative_image) or None, negative_texts=args.negative_text,
                      negative_weight=args.negative_weight)
     bar = _ProgressBar(args.steps)

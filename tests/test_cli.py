@@ -36,7 +36,8 @@ def setup(tmp_path_factory):
 
 def test_invert_json_one_line_per_image_in_order(setup):
     checkpoint, images = setup
-    done = pez("invert", *images, "--model", checkpoint, "--steps", "15", "--prompt-len", "4", "--json")
+    done = pez("invert", *images, "--model", checkpoint, "--steps", "15", "--prompt-len", "4", "--json",
+               "--polish", "off")  # pruning may shorten a prompt
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [row["input"] for row in rows] == images
@@ -58,6 +59,18 @@ def test_style_distill_and_score(setup):
     assert len(row["token_ids"]) <= 5 and "red" not in row["prompt"].split()
     sims = [json.loads(line) for line in score.stdout.splitlines()]
     assert len(sims) == 4 and all(-1 <= s["similarity"] <= 1 for s in sims)
+
+
+def test_polish_and_stopping_options(setup):
+    checkpoint, images = setup
+    done = pez("invert", images[0], "--model", checkpoint, "--steps", "100000", "--prompt-len", "4", "--json",
+               "--polish", "swap+prune", "--time-budget", "3", "--target-similarity", "0.999")
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)
+    assert row["stopped_early"] and row["steps"] < 100000 and row["unpolished_prompt"]
+    assert row["similarity"] >= row["unpolished_similarity"] - 1e-6
+    bad = pez("invert", images[0], "--model", checkpoint, "--time-budget", "-1")
+    assert bad.returncode == 2 and "time budget" in bad.stderr
 
 
 def test_models_lists_presets():

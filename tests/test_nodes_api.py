@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 NODE_LIST = REPO / "node_list.json"
 TEXT_NODES = set(DISPLAY_NAMES) - {"PEZ_LoadModel", "PEZ_CombineModels"}  # the model nodes
 LIVE_KEYS = {"node", "display_node", "step", "total", "similarity", "prompt"}  # the web extension's contract
-LIVE_EXTRA = {"prompt_id", "prompts", "similarities"}
+LIVE_EXTRA = {"prompt_id", "prompts", "similarities", "stage"}
 LONG_TEXT = ("a highly detailed oil painting of an old lighthouse on a rocky cliff at sunset, dramatic clouds, "
              "crashing waves, seagulls, warm golden light, deep blue shadows, impasto brush strokes, "
              "in the style of the romantic seascape painters of the nineteenth century, museum quality, "
@@ -142,6 +142,18 @@ def test_invert_image(comfy_server: ComfyServer) -> None:
     assert live and LIVE_KEYS <= live[-1].keys()
     assert live[-1]["node"] == live[-1]["display_node"] == "inv"
     assert live[-1]["step"] == live[-1]["total"] == 20
+
+
+def test_polish_and_stopping_inputs(comfy_server: ComfyServer) -> None:
+    """The optional inputs appended last: a time budget ends a long run; polish off; a target stops early."""
+    budget = run_ok(comfy_server, invert_graph(steps=100_000, polish="swap+prune", time_budget=3.0))
+    assert_text_ui(budget.outputs["inv"], 1)
+    bars = [m for m in budget.of_type("progress") if m["node"] == "inv"]
+    assert bars and bars[-1]["max"] == 100_000 and bars[-1]["value"] < 100_000
+    target = run_ok(comfy_server, invert_graph(steps=100_000, polish="off", target_similarity=0.05))
+    assert target.outputs["inv"]["pez_similarity"][0] >= 0.05
+    with pytest.raises(PromptRejected):
+        comfy_server.queue(invert_graph(polish="bogus"))
 
 
 def test_blocklist_and_negatives(comfy_server: ComfyServer) -> None:
@@ -335,8 +347,9 @@ def test_live_progress_for_the_web_extension(comfy_server: ComfyServer) -> None:
         assert data["total"] == 120 and 0 < data["step"] <= 120
         assert isinstance(data["similarity"], float) and isinstance(data["prompt"], str)
     assert live[-1][1]["step"] == 120
-    assert all(t.startswith("step ") and " · sim " in t for t in texts)
-    assert texts[-1].startswith("step 120/120 · sim ")
+    assert all((t.startswith("step ") or t.startswith("polishing")) and " · sim " in t for t in texts)
+    assert any(t.startswith("step 120/120 · sim ") for t in texts)
+    assert {data["stage"] for _, data in live} <= {"pez", "polishing"}
     started = next(t for t, m in frames if isinstance(m, dict) and m["type"] == "executing"
                    and (m.get("data") or {}).get("node") == "inv")
     ended = next(t for t, m in frames if isinstance(m, dict) and m["type"] == "executed"

@@ -1,0 +1,136 @@
+"""Planted prompts: how close PEZ gets to a known optimum, and how fast.
+
+A target is the text feature of a planted prompt (random whole words, or a given text), so the planted
+prompt itself scores 1.0 and the gap 1 - similarity is how far a method is from the optimum. Per planted
+prompt, in one process on one machine: the reference loop (``reference_loop.py``) recorded at several step
+counts; the engine with its defaults and ``time_budget`` = a share (a tenth) of the reference's time at
+``--budget-steps``; and the engine's time to the reference's similarity (``target_similarity``).
+
+    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python benchmarks/planted.py --seeds 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pez_core  # noqa: E402
+from reference_loop import reference_pez  # noqa: E402
+
+
+PLANT_SEED_OFFSET = 1_000_003
+
+
+def planted_ids(model: pez_core.PezModel, length: int, seed: int) -> list[int]:
+    """A random prompt of whole words (ids that survive decoding and re-tokenizing)."""
+    allowed = pez_core.allowed_token_ids(model.tokenizer, "words")
+    # offset: the engine draws its start from the same vocabulary with a generator of the run's seed
+    generator = torch.Generator().manual_seed(PLANT_SEED_OFFSET + seed)
+    while True:
+        ids = allowed[torch.randint(len(allowed), (length,), generator=generator)].tolist()
+        if model.tokenize(model.decode(ids)) == ids:
+            return ids
+
+
+def recovered(planted: list[int], found: list[int]) -> int:
+    """Planted tokens the found prompt holds, anywhere (a multiset overlap)."""
+    return sum((Counter(planted) & Counter(found)).values())
+
+
+def row(method: str, planted: list[int], prompt: str, ids: list[int], similarity: float, seconds: float,
+        **extra) -> dict:
+    return {"method": method, "similarity": similarity, "gap": 1 - similarity,
+            "recovered": recovered(planted, ids), "length": len(planted), "seconds": seconds, "prompt": prompt, **extra}
+
+
+def engine(model, target, planted, config: pez_core.PezConfig, method: str) -> dict:
+    objective = pez_core.Objective.stack([[(target, 1.0)]])
+    started = time.perf_counter()
+    result = pez_core.optimize(model, objective, config)[0]
+    seconds = time.perf_counter() - started
+    return row(method, planted, result.prompt, result.token_ids, result.similarity, seconds, steps=result.steps,
+               unpolished=result.unpolished_similarity)
+
+
+def one_planted(model, args, seed: int) -> list[dict]:
+    ids = planted_ids(model, args.length, seed)
+    text = model.decode(ids)
+    with torch.no_grad():
+        target = model.encode_texts([text])[0]
+    logging.info("planted %d: %r", seed, text)
+    ref = reference_pez(model, target, len(ids), steps=max(args.reference_steps), seed=seed,
+                        record_at=set(args.reference_steps))
+    rows = []
+    for h in ref["history"]:
+        rows.append(row(f"reference loop, {h['step']} steps", ids, h["prompt"], model.tokenize(h["prompt"]),
+                        h["similarity"], h["seconds"], steps=h["step"]))
+    at = next(h for h in ref["history"] if h["step"] == args.budget_steps)
+    r = at["similarity"]
+    budget = args.budget_share * at["seconds"]
+    base = pez_core.PezConfig(prompt_len=len(ids), seed=seed, restarts=args.restarts)
+    for polish in args.polish:
+        config = dataclasses.replace(base, time_budget=budget, polish=polish)
+        rows.append(engine(model, target, ids, config, f"engine, {budget:.1f} s budget, polish {polish}"))
+        rows[-1]["goal"] = r + (1 - r) / 2
+    config = dataclasses.replace(base, time_budget=at["seconds"], target_similarity=min(1.0, r))
+    rows.append(engine(model, target, ids, config, f"engine, time to the reference's {r:.4f}"))
+    rows[-1]["reached"] = rows[-1]["similarity"] >= r
+    for item in rows:
+        item.update(planted=text, seed=seed)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| planted (seed) | method | similarity | gap to 1.0 | planted tokens recovered | wall s | goal | prompt |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        goal = ""
+        if "goal" in r:
+            goal = f"≥ {r['goal']:.4f}: {'met' if r['similarity'] >= r['goal'] else 'NOT met'}"
+        elif "reached" in r:
+            goal = "reached" if r["reached"] else "not reached in the reference's time"
+        lines.append(f"| {r['seed']} | {r['method']} | {r['similarity']:.4f} | {r['gap']:.4f} | "
+                     f"{r['recovered']}/{r['length']} | {r['seconds']:.1f} | {goal} | `{r['prompt'][:50]}` |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--length", type=int, default=8, help="planted prompt length in tokens")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="one planted prompt per seed")
+    parser.add_argument("--reference-steps", type=int, nargs="+", default=[300, 1000])
+    parser.add_argument("--budget-steps", type=int, default=1000, help="the reference step count the budget is cut from")
+    parser.add_argument("--budget-share", type=float, default=0.1)
+    parser.add_argument("--restarts", type=int, help="engine restarts (default: the engine's for the device)")
+    parser.add_argument("--polish", nargs="+", default=["swap+prune", "swap", "off"], choices=pez_core.POLISH_MODES)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write every row here")
+    args = parser.parse_args(argv)
+    if args.budget_steps not in args.reference_steps:
+        parser.error("--budget-steps must be one of --reference-steps")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(args.threads)
+    model = pez_core.load_model(args.model, args.pretrained, device="cpu" if not torch.cuda.is_available() else "auto")
+    started = time.perf_counter()
+    rows = [r for seed in args.seeds for r in one_planted(model, args, seed)]
+    sys.stdout.write(f"{args.model} ({args.pretrained}), {platform.processor() or platform.machine()}, "
+                     f"torch threads {args.threads}, {time.strftime('%Y-%m-%d %H:%M')}, "
+                     f"{time.perf_counter() - started:.0f} s in all\n\n{table(rows)}\n")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Polishing: discrete local search on the prompts a PEZ loop returns.
+
+PEZ ends at its best projection; from there single-token changes, scored in large batches, go further:
+
+- *swap*: one backward pass gives the gradient of the gain at the hard prompt's embeddings; the
+  first-order gain of token v at position i is <grad_i, e_v - e_i>. The best allowed tokens per position
+  make single-swap candidates; the improving ones are also tried together; the best string is kept;
+  a few rounds, or until no swap improves.
+- *prune*: drop tokens whose removals cost at most ``PRUNE_BUDGET`` of the similarity in total
+  (repeated tokens first when they do not pay), so prompts lose filler and stray words.
+
+Modes (``POLISH_MODES``): off, prune, swap, swap+prune (swaps first, then pruning).
+
+Every candidate is decoded and scored as a string (``Scorer.score_texts``, re-tokenized), like the
+engine's final choice, on the whole objective (negatives, several images). A polished prompt never
+scores below the prompt it started from. Only the ``Scorer`` interface is used, so polishing serves
+every scorer.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+POLISH_MODES = ("off", "prune", "swap", "swap+prune")
+SWAP_PER_POSITION = 8     # gradient-ranked tokens tried at each position per round
+SWAP_WIDE = 4             # a round that finds nothing is retried once with this many times more tokens
+SWAP_ROUNDS = 32          # at most; a prompt stops swapping when even a wide round finds nothing
+SWAP_COMBINE = 4          # the best improving single swaps (at distinct positions) are also tried together
+PRUNE_BUDGET = 0.01       # total share of the similarity that pruning may spend
+TEXTS_PER_BATCH = {"cpu": 64, "other": 1024}  # strings per scoring call; a stop is seen between calls
+IMPROVEMENT = 1e-6        # a swap must gain more than this (float noise of a re-encoded string)
+FIRST_ORDER_SCORES_MAX = 1 << 26  # (positions x vocabulary) scores held at once
+
+# report(prompts, similarities) -> True to stop; may raise (a cancel) and the run ends without a result
+Report = Callable[[list[str], list[float]], "bool | None"]
+
+
+@dataclass
+class Polished:
+    prompt: str
+    token_ids: list[int]
+    gain: float
+    similarity: float
+
+
+class _Stop(Exception):
+    """Out of time, or the caller asked to stop: the best strings so far are the result."""
+
+
+def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str = "swap+prune", *,
+                   deadline: float | None = None, target_similarity: float | None = None,
+                   report: Report | None = None, floor: Sequence[float] | None = None) -> list[Polished]:
+    """Polish one prompt per problem of ``scorer`` (``prompts[p]`` for problem p).
+
+    The result never has a lower gain than ``floor`` (default: the gain of the prompt it starts from).
+    ``deadline`` is a ``time.perf_counter()`` time; by then polishing returns its best so far, as it
+    does when ``report`` returns True. Problems whose similarity reaches ``target_similarity`` are not
+    swapped further (pruning still runs: it never goes below where polishing started).
+    """
+    if mode not in POLISH_MODES:
+        raise ValueError(f"unknown polish mode {mode!r}; choose one of {', '.join(POLISH_MODES)}")
+    work = _Polisher(scorer, deadline, target_similarity, report)
+    work.start(list(prompts))
+    if floor is not None:
+        work.floor = [float(f) for f in floor]
+    try:
+        if mode in ("swap", "swap+prune"):
+            work.swap()
+        if mode in ("prune", "swap+prune"):
+            work.prune()
+    except _Stop:
+        log.info("polishing stopped early (time budget or stop request); keeping the best prompts so far")
+    return work.best
+
+
+class _Polisher:
+    def __init__(self, scorer: Scorer, deadline: float | None, target: float | None, report: Report | None):
+        self.scorer, self.deadline, self.target, self.report = scorer, deadline, target, report
+        self.batch = TEXTS_PER_BATCH["cpu" if scorer.device.type == "cpu" else "other"]
+        self.best: list[Polished] = []
+        self.floor: list[float] = []
+
+    # --- scoring ---------------------------------------------------------------------------------
+    def check(self) -> None:
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            raise _Stop
+        if self.report is not None and self.report([b.prompt for b in self.best],
+                                                   [b.similarity for b in self.best]):
+            raise _Stop
+
+    def score(self, texts: list[str], problems: list[int]) -> tuple[list[float], list[float]]:
+        """(gain, similarity) of strings for their problems, in batches; a stop between batches keeps what
+        was scored (the rest scores -inf) and is raised after the caller has kept its best."""
+        gains, sims = [-math.inf] * len(texts), [-math.inf] * len(texts)
+        for start in range(0, len(texts), self.batch):
+            try:
+                self.check()
+            except _Stop:
+                self.stopped = True
+                break
+            rows = slice(start, start + self.batch)
+            gain, sim = self.scorer.score_texts(texts[rows], torch.tensor(problems[rows], device=self.scorer.device))
+            gains[rows], sims[rows] = gain.float().tolist(), sim.float().tolist()
+        return gains, sims
+
+    def start(self, prompts: list[str]) -> None:
+        self.stopped = False
+        gains, sims = self.scorer.score_texts(prompts, torch.arange(len(prompts), device=self.scorer.device))
+        self.best = [Polished(t, self.scorer.tokenize(t), float(g), float(s))
+                     for t, g, s in zip(prompts, gains.tolist(), sims.tolist())]
+        self.floor = [b.gain for b in self.best]
+
+    def keep(self, p: int, text: str, gain: float, similarity: float) -> None:
+        self.best[p] = Polished(text, self.scorer.tokenize(text), gain, similarity)
+
+    def raise_if_stopped(self) -> None:
+        if self.stopped:
+            raise _Stop
+
+    # --- swap --------------------------------------------------------------------------------------
+    def swap(self) -> None:
+        narrow, wide = set(range(len(self.best))), set()
+        for round_ in range(SWAP_ROUNDS):
+            reached = {p for p in narrow | wide if self.target is not None and self.best[p].similarity >= self.target}
+            narrow, wide = narrow - reached, wide - reached
+            if not narrow | wide:
+                return
+            self.check()
+            improved = self.swap_round(sorted(narrow), SWAP_PER_POSITION) if narrow else set()
+            improved |= self.swap_round(sorted(wide), SWAP_PER_POSITION * SWAP_WIDE) if wide else set()
+            log.debug("swap round %d: %d of %d prompts improved", round_ + 1, len(improved), len(narrow | wide))
+            self.raise_if_stopped()
+            narrow, wide = improved, narrow - improved  # a narrow miss is retried wide; a wide miss ends
+
+    def swap_round(self, problems: list[int], per_position: int) -> set[int]:
+        """One round of single swaps (then the improving ones together) for ``problems``; the improved ones."""
+        tokens = self.candidate_tokens(problems, per_position)
+        texts, owner, moves = [], [], []
+        for p in problems:
+            for i, v in tokens[p]:
+                texts.append(self.scorer.decode(_with(self.best[p].token_ids, {i: v})))
+                owner.append(p)
+                moves.append((i, v))
+        texts, owner, moves = _readable(self.scorer, texts, owner, moves, self.best)
+        gains, sims = self.score(texts, owner)
+        combos = self.combined(problems, owner, moves, gains)
+        texts, owner, gains, sims = texts + combos[0], owner + combos[1], gains + combos[2], sims + combos[3]
+        improved = set()
+        for p in problems:
+            rows = [j for j, q in enumerate(owner) if q == p]
+            if rows:
+                j = max(rows, key=gains.__getitem__)
+                if gains[j] > self.best[p].gain + IMPROVEMENT:
+                    self.keep(p, texts[j], gains[j], sims[j])
+                    improved.add(p)
+        return improved
+
+    def combined(self, problems: list[int], owner: list[int], moves: list, gains: list[float]):
+        """The best improving single swaps at distinct positions applied together: 2, 3, ... at once."""
+        texts, who = [], []
+        for p in problems:
+            good = sorted((j for j, q in enumerate(owner) if q == p and gains[j] > self.best[p].gain + IMPROVEMENT),
+                          key=gains.__getitem__, reverse=True)
+            chosen: dict[int, int] = {}
+            for j in good:
+                i, v = moves[j]
+                if i in chosen or len(chosen) >= SWAP_COMBINE:
+                    continue
+                chosen[i] = v
+                if len(chosen) > 1:
+                    texts.append(self.scorer.decode(_with(self.best[p].token_ids, chosen)))
+                    who.append(p)
+        texts, who, _ = _readable(self.scorer, texts, who, [None] * len(texts), self.best)
+        if self.stopped or not texts:
+            return [], [], [], []
+        return (texts, who, *self.score(texts, who))
+
+    def candidate_tokens(self, problems: list[int], per_position: int) -> dict[int, list[tuple[int, int]]]:
+        """(position, token) pairs per problem: the allowed tokens of highest first-order gain at each position.
+        One backward per group of prompts of the same length."""
+        scorer, out = self.scorer, {}
+        keys = scorer.table[scorer.allowed].float()
+        by_length: dict[int, list[int]] = {}
+        for p in problems:
+            by_length.setdefault(len(self.best[p].token_ids), []).append(p)
+        for group in by_length.values():
+            ids = torch.tensor([self.best[p].token_ids for p in group], device=scorer.device)
+            with torch.inference_mode(False), torch.enable_grad():
+                prompt = scorer.table[ids].float().clone().requires_grad_(True)
+                gain, _ = scorer.gains(prompt, torch.tensor(group, device=scorer.device))
+                grad, = torch.autograd.grad(gain.sum(), prompt)
+            for p, g, row_ids in zip(group, grad.detach(), ids):
+                out[p] = self.best_moves(g, row_ids, keys, per_position)
+        return out
+
+    def best_moves(self, grad: torch.Tensor, ids: torch.Tensor, keys: torch.Tensor, per_position: int):
+        """<grad_i, e_v> for every allowed v (minus <grad_i, e_i>, the same for all v): the top ones per position."""
+        allowed = self.scorer.allowed
+        rows = max(1, FIRST_ORDER_SCORES_MAX // len(allowed))
+        first_order = torch.cat([chunk @ keys.T for chunk in grad.split(rows)])  # (L, A)
+        positions = torch.arange(len(ids), device=ids.device)
+        first_order[positions, _position_in(allowed, ids)] = -math.inf  # the token already there is no move
+        values, top = first_order.topk(min(per_position, len(allowed)), dim=-1)
+        tokens, finite = allowed[top].tolist(), values.isfinite().tolist()
+        return [(i, v) for i in range(len(ids)) for v, ok in zip(tokens[i], finite[i]) if ok]
+
+    # --- prune -------------------------------------------------------------------------------------
+    def prune(self) -> None:
+        """Greedy removals within a total budget of PRUNE_BUDGET x the similarity, never below the floor."""
+        lowest = [max(self.floor[p], b.gain - PRUNE_BUDGET * abs(b.similarity)) for p, b in enumerate(self.best)]
+        active = [p for p, b in enumerate(self.best) if len(b.token_ids) > 1]
+        while active:
+            self.check()
+            texts, owner, repeated = [], [], []
+            for p in active:
+                ids = self.best[p].token_ids
+                for i in range(len(ids)):
+                    texts.append(self.scorer.decode(ids[:i] + ids[i + 1:]))
+                    owner.append(p)
+                    repeated.append(ids.count(ids[i]) > 1)
+            texts, owner, repeated = _readable(self.scorer, texts, owner, repeated, self.best)
+            gains, sims = self.score(texts, owner)
+            active = [p for p in active if self.prune_one(p, texts, owner, repeated, gains, sims, lowest[p])]
+            self.raise_if_stopped()
+
+    def prune_one(self, p: int, texts, owner, repeated, gains, sims, lowest: float) -> bool:
+        """Take problem p's best affordable removal; False when there is none (or one token is left)."""
+        current = self.best[p].gain
+        # free removals of repeated tokens first, then the cheapest affordable one
+        rows = [j for j, q in enumerate(owner) if q == p and gains[j] >= lowest]
+        if not rows:
+            return False
+        j = min(rows, key=lambda j: (not (repeated[j] and gains[j] >= current), -gains[j]))
+        self.keep(p, texts[j], gains[j], sims[j])
+        return len(self.best[p].token_ids) > 1
+
+
+def _with(ids: list[int], changes: dict[int, int]) -> list[int]:
+    return [changes.get(i, t) for i, t in enumerate(ids)]
+
+
+def _position_in(allowed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Index into ``allowed`` of each id, or a harmless index where an id is not allowed
+    (a prompt given from outside may hold one); those rows then lose nothing but one candidate."""
+    sorted_allowed, order = allowed.sort()
+    where = torch.searchsorted(sorted_allowed, ids).clamp(max=len(allowed) - 1)
+    return order[where]
+
+
+def _readable(scorer: Scorer, texts: list[str], owner: list[int], extra: list, best: list[Polished]):
+    """Drop candidates that decode to nothing or to the prompt they came from, and duplicates."""
+    seen, keep = set(), []
+    for j, (text, p) in enumerate(zip(texts, owner)):
+        if (p, text) in seen or text == best[p].prompt or not text.strip() or not scorer.tokenize(text):
+            continue
+        seen.add((p, text))
+        keep.append(j)
+    return [texts[j] for j in keep], [owner[j] for j in keep], [extra[j] for j in keep]

@@ -1,0 +1,159 @@
+"""The polishing stage and the stopping rules: swaps, pruning, the floor, time and target, progress, cancel."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pez_core
+from pez_core import Objective, PezConfig, PezError, Scorer
+from pez_core import polish as polish_module  # the module
+from helpers import planted_problem, write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return pez_core.load_model(str(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))), device="cpu")
+
+
+class BagOfWords(Scorer):
+    """A scorer whose optimum is known: cosine of the prompt's mean token embedding to that of ``words``.
+    Any Scorer can be polished; this one lets a test say exactly which removals pay."""
+
+    def __init__(self, model, words: str):
+        self.model, self.device, self.problems = model, torch.device("cpu"), 1
+        self.table = torch.randn(49408, 24, generator=torch.Generator().manual_seed(0))
+        self.allowed = pez_core.allowed_token_ids(model.tokenizer, "words", allowlist="red, circle, star, big, on")
+        self.target = F.normalize(self.table[model.tokenize(words)].mean(0), dim=0)
+
+    def gains(self, prompts, problems):
+        sim = F.normalize(prompts.mean(1), dim=-1) @ self.target
+        return sim, sim
+
+    def score_texts(self, texts, problems):
+        with torch.no_grad():
+            return self.gains(torch.stack([self.table[self.tokenize(t)].mean(0, keepdim=True) for t in texts]), problems)
+
+    def decode(self, ids):
+        return self.model.decode(ids)
+
+    def tokenize(self, text):
+        return self.model.tokenize(text)
+
+
+def _gain(model, objective, text: str) -> float:
+    scorer = pez_core.ClipScorer(model, objective)
+    return float(scorer.score_texts([text], torch.tensor([0]))[0][0])
+
+
+def test_swap_improves_a_short_run_and_reports_the_string(model):
+    objective, _ = planted_problem(model, length=8, seed=1)
+    result = pez_core.optimize(model, objective, PezConfig(prompt_len=8, steps=10, polish="swap+prune"))[0]
+    assert result.similarity > result.unpolished_similarity + 1e-4 and result.polished
+    assert result.similarity == pytest.approx(_gain(model, objective, result.prompt), abs=1e-5)
+    assert model.tokenize(result.prompt) == result.token_ids
+    off = pez_core.optimize(model, objective, PezConfig(prompt_len=8, steps=10, polish="off"))[0]
+    assert off.prompt == result.unpolished_prompt and off.unpolished_prompt is None and not off.polished
+
+
+def test_polish_never_scores_below_the_unpolished_prompt_on_the_whole_objective(model):
+    rng = np.random.default_rng(7)
+    images, negative = [rng.random((32, 32, 3)) for _ in range(2)], rng.random((32, 32, 3))
+    for mode in ("prune", "swap+prune"):
+        for seed in range(3):
+            config = PezConfig(prompt_len=6, steps=8, seed=seed, polish=mode)
+            result = pez_core.style(model, images, config, negative_images=[negative], negative_weight=1.0)
+            feats = model.encode_images(images + [negative])
+            objective = Objective.stack([[(feats[0], 0.5), (feats[1], 0.5), (feats[2], -1.0)]])
+            assert _gain(model, objective, result.prompt) >= _gain(model, objective, result.unpolished_prompt) - 1e-6
+            assert len(result.token_ids) <= len(model.tokenize(result.unpolished_prompt))
+
+
+def test_swaps_keep_to_the_word_bank_and_blocklist(model):
+    bank = ["red", "green", "circle", "square", "large", "small", "dog"]
+    result = pez_core.distill(model, "a big red circle", PezConfig(prompt_len=5, steps=5, allowlist=bank,
+                                                                   blocklist="dog", polish="swap+prune"))
+    assert set(result.prompt.split()) <= set(bank) - {"dog"}
+
+
+def test_prune_removes_a_repeated_token_that_does_not_pay(model):
+    scorer = BagOfWords(model, "red circle on star")
+    [done] = pez_core.polish_prompts(scorer, ["red circle on star star"], "prune")
+    assert done.prompt == "red circle on star" and done.similarity == pytest.approx(1.0, abs=1e-6)
+
+
+def test_prune_spends_at_most_its_total_budget(model, monkeypatch):
+    scorer = BagOfWords(model, "red circle on star big")
+    start = "red circle on star big big on red"
+    [before] = pez_core.polish_prompts(scorer, [start], "off")
+    lengths = []
+    for budget in (0.0, 0.05, 0.5):
+        monkeypatch.setattr(polish_module, "PRUNE_BUDGET", budget)
+        [done] = pez_core.polish_prompts(scorer, [start], "prune", floor=[-1.0])  # only the budget binds
+        assert done.gain >= before.gain - budget * before.similarity - 1e-6
+        lengths.append(len(done.token_ids))
+        [guarded] = pez_core.polish_prompts(scorer, [start], "prune")  # the default floor: never below the start
+        assert guarded.gain >= before.gain - 1e-6
+    assert lengths == sorted(lengths, reverse=True) and lengths[-1] < lengths[0] < len(model.tokenize(start))
+
+
+def test_swap_reaches_the_optimum_of_a_bag_of_words(model):
+    scorer = BagOfWords(model, "red circle on star")
+    [done] = pez_core.polish_prompts(scorer, ["big big big big"], "swap+prune")
+    assert sorted(done.prompt.split()) == sorted("red circle on star".split())
+    [swapped] = pez_core.polish_prompts(scorer, ["big big big big big"], "swap")  # swaps keep the length
+    assert len(swapped.token_ids) == 5 and swapped.gain > 0.9
+
+
+def test_time_budget_ends_a_long_run_with_its_best(model):
+    objective, _ = planted_problem(model, length=8, seed=2)
+    result = pez_core.optimize(model, objective, PezConfig(prompt_len=8, steps=100_000, time_budget=1.5))[0]
+    assert result.stopped_early and result.steps < 100_000
+    assert result.similarity >= result.unpolished_similarity - 1e-6
+
+
+def test_target_similarity_stops_once_the_string_reaches_it(model):
+    objective, random_best = planted_problem(model, length=8, seed=3)
+    target = random_best + (1 - random_best) / 2
+    result = pez_core.optimize(model, objective, PezConfig(prompt_len=8, steps=5000, target_similarity=target,
+                                                           polish="off"))[0]
+    assert result.stopped_early and result.steps < 5000
+    assert result.similarity >= target and result.similarity == pytest.approx(_gain(model, objective, result.prompt),
+                                                                              abs=1e-5)
+
+
+def test_polishing_shows_in_progress_and_a_stop_keeps_the_best(model):
+    objective, _ = planted_problem(model, length=8, seed=4)
+    stages = []
+
+    def callback(progress):
+        stages.append(progress.stage)
+        return progress.stage == "polishing"  # stop at the first polishing report
+
+    result = pez_core.optimize(model, objective, PezConfig(prompt_len=8, steps=6), callback=callback)[0]
+    assert stages[0] == "pez" and stages[-1] == "polishing" and stages.count("polishing") == 1
+    assert result.prompt == result.unpolished_prompt and result.similarity == pytest.approx(result.unpolished_similarity)
+
+
+def test_a_cancel_while_polishing_propagates(model):
+    objective, _ = planted_problem(model, length=8, seed=4)
+
+    def callback(progress):
+        if progress.stage == "polishing":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pez_core.optimize(model, objective, PezConfig(prompt_len=8, steps=4), callback=callback)
+
+
+@pytest.mark.parametrize("config, message", [
+    (PezConfig(polish="shuffle"), "unknown polish mode"),
+    (PezConfig(time_budget=0), "time budget"),
+    (PezConfig(time_budget=float("nan")), "time budget"),
+    (PezConfig(target_similarity=1.5), "target similarity"),
+    (PezConfig(target_similarity=-1), "target similarity"),
+])
+def test_bad_stopping_settings_are_clear_errors(config, message):
+    with pytest.raises(PezError, match=message):
+        config.validate()
