@@ -291,6 +291,9 @@ class ComfyServer:
             try:
                 if self._http.get(f"{self.url}/system_stats", timeout=2).ok:
                     log.info("ComfyUI up on %s after %.1f s", self.url, time.monotonic() - t0)
+                    if "No module named 'torchaudio'" in self.log_text():
+                        log.info("(its log's torchaudio tracebacks are ComfyUI's own audio nodes, which need "
+                                 "torchaudio; this pack does not)")
                     return
             except requests.RequestException:
                 pass
