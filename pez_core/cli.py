@@ -29,10 +29,7 @@ def _auto_restarts() -> str:
     return f"{gpu} on CUDA, {cpu} on CPU"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pez_core", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _model_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", action="append", help=(
         f"preset, bundled model, open_clip architecture or checkpoint path (see `models`; default {DEFAULT_MODEL}); "
@@ -46,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--precision", default="auto", choices=PRECISIONS)
     common.add_argument("--json", action="store_true", help="one JSON object per result on stdout")
     common.add_argument("-v", "--verbose", action="store_true")
+    return common
 
+
+def _optimisation_options() -> argparse.ArgumentParser:
     optim = argparse.ArgumentParser(add_help=False)
     optim.add_argument("--prompt-len", type=int, default=DEFAULTS.prompt_len,
                        help=f"prompt length in CLIP tokens, 1 to {MAX_PROMPT_TOKENS} (default %(default)s)")
@@ -71,7 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     optim.add_argument("--negative-image", action="append", default=[], type=Path, help="image to push away from")
     optim.add_argument("--negative-weight", type=float, default=DEFAULT_NEGATIVE_WEIGHT,
                        help="how hard each negative pushes away (default %(default)s)")
+    return optim
 
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pez_core", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    common, optim = _model_options(), _optimisation_options()
     for name, helptext in (("invert", "one prompt per image"), ("style", "one prompt shared by all images")):
         sub = commands.add_parser(name, parents=[common, optim], help=helptext)
         sub.add_argument("images", nargs="+", type=Path)
