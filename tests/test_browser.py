@@ -258,7 +258,7 @@ def test_nodes_found_in_search_box(browser: Browser) -> None:
             node_type,
         )
         assert added["title"] == title
-        if node_type != "PEZ_LoadModel":  # the text nodes get the result box and the copy button
+        if node_type not in ("PEZ_LoadModel", "PEZ_CombineModels"):  # text nodes: result box and copy button
             assert DISPLAY_WIDGET in added["widgets"] and COPY_WIDGET in added["widgets"], added
         if "steps" in b.server.object_info(node_type)[node_type]["input"]["required"]:
             assert STOP_WIDGET in added["widgets"], added
