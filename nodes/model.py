@@ -15,7 +15,7 @@ from comfy_api.latest import io
 
 from .. import pez_core
 from ..pez_core.models import CHECKPOINT_SUFFIXES, DEFAULT_MODEL, PRECISIONS, bundled_models, cached_models
-from .common import BAR_EVERY_S, CATEGORY, PezModelType, check_choice, check_choices, send_node_text
+from .common import BAR_EVERY_S, CATEGORY, PezModelType, check_choice, send_node_text
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,11 @@ class LoadModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, precision) -> bool | str:
-        # Any model name passes: execute() says precisely what is missing and where it must go. One combo
-        # only, so that ComfyUI names only it (the device is checked in execute).
-        return check_choices(precision=(precision, PRECISIONS))
+    def validate_inputs(cls, model) -> bool | str:
+        # Taking `model` here keeps ComfyUI (0.33+) from refusing an unknown name with a bare "not in list":
+        # execute() says precisely what is missing and where it must go. Precision and device are checked in
+        # execute, so that an error names only the input at fault (0.3.75 names every input taken here).
+        return True
 
     @classmethod
     def fingerprint_inputs(cls, model: str, precision: str, device: str) -> Any:
@@ -166,6 +167,7 @@ class LoadModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: str, precision: str, device: str) -> io.NodeOutput:
+        check_choice("precision", precision, PRECISIONS)
         check_choice("device", device, DEVICES)
         target = mm.get_torch_device() if device == "auto" else device
         try:

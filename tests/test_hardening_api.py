@@ -146,8 +146,6 @@ def test_hostile_model_files_are_refused_before_building(comfy_server: ComfyServ
 
 # --- 6. the input at fault is named -------------------------------------------------------------------------------
 @pytest.mark.parametrize(("node", "graph_of", "name"), [
-    ("m", lambda: {"m": {**model_node(), "inputs": {**model_node()["inputs"], "precision": "fp8"}},
-                   "s": similarity("a", "b")}, "precision"),
     ("d", lambda: {"m": model_node(), "d": {"class_type": "PEZ_DistillPrompt", "inputs": {
         "pez_model": ["m", 0], "text": "a cat", "target": "0.5", "prompt_length": 4, "steps": 2, "seed": 0,
         "vocabulary": "emoji"}}}, "vocabulary"),
@@ -162,6 +160,8 @@ def test_a_wrong_combo_is_reported_against_that_input_only(comfy_server: ComfySe
 @pytest.mark.parametrize(("graph_of", "node_type", "fragment"), [
     (lambda: {"m": {**model_node(), "inputs": {**model_node()["inputs"], "device": "gpu"}},
               "s": similarity("a", "b")}, "PEZ_LoadModel", "device 'gpu' is not one of: auto, cpu"),
+    (lambda: {"m": {**model_node(), "inputs": {**model_node()["inputs"], "precision": "fp8"}},
+              "s": similarity("a", "b")}, "PEZ_LoadModel", "precision 'fp8' is not one of: auto, fp32"),
     (lambda: {"m": model_node(), "d": {"class_type": "PEZ_DistillPrompt", "inputs": {
         "pez_model": ["m", 0], "text": "a cat", "target": "0.9", "prompt_length": 4, "steps": 2, "seed": 0,
         "vocabulary": "words"}}}, "PEZ_DistillPrompt", "target '0.9' is not one of"),
