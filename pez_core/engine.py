@@ -299,8 +299,9 @@ class _Run:
 
     def polished(self, results: list[PezResult], watch: "_Watch", started: float) -> list[PezResult]:
         """The polishing stage (``pez_core.polish``) on each problem's best string, within the time budget."""
-        found = polish_prompts(self.scorer, [r.prompt for r in results], self.config.polish, deadline=watch.deadline,
-                       target_similarity=self.config.target_similarity, report=watch.polishing)
+        found = polish_prompts(self.scorer, [r.prompt for r in results], self.config.polish,
+                               deadline=watch.deadline, target_similarity=self.config.target_similarity,
+                               report=watch.polishing)
         seconds = time.perf_counter() - started
         return [dataclasses.replace(r, prompt=f.prompt, token_ids=f.token_ids,
                                     similarity=clamp_similarity(f.similarity), seconds=seconds,

@@ -56,7 +56,7 @@ class _Stop(Exception):
     """Out of time, or the caller asked to stop: the best strings so far are the result."""
 
 
-def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str = "swap+prune", *,
+def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
                    deadline: float | None = None, target_similarity: float | None = None,
                    report: Report | None = None, floor: Sequence[float] | None = None) -> list[Polished]:
     """Polish one prompt per problem of ``scorer`` (``prompts[p]`` for problem p).
