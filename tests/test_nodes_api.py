@@ -364,20 +364,19 @@ def test_live_progress_for_the_web_extension(comfy_server: ComfyServer) -> None:
     assert "CLIP tokens, over CLIP's limit of 75" in warning
 
 
-def test_interrupt_stops_a_long_run_quickly(comfy_server: ComfyServer) -> None:
+def test_interrupt_stops_a_long_run(comfy_server: ComfyServer) -> None:
+    """Cancel ends a 100,000-step run long before its end (how fast is measured by benchmarks/hostile.py)."""
     prompt_id = comfy_server.queue(invert_graph(steps=100_000, seed=5))
     deadline = time.monotonic() + 60
     while not any(m["type"] == "progress" and m["data"].get("node") == "inv"
                   for m in comfy_server.messages(prompt_id)):
         assert time.monotonic() < deadline, "the long run never reported progress"
         time.sleep(0.05)
-    started = time.monotonic()
     comfy_server.interrupt()
-    while not any(m["type"] == "execution_interrupted" for m in comfy_server.messages(prompt_id)):
-        assert time.monotonic() - started < 2.0, "not interrupted within 2 s"
-        time.sleep(0.02)
-    result = comfy_server.wait(prompt_id, timeout=30)
+    result = comfy_server.wait(prompt_id, timeout=60)  # a hang guard, not a timing claim
     assert result.status == "interrupted"
+    bars = [m["data"] for m in result.messages if m["type"] == "progress" and m["data"].get("node") == "inv"]
+    assert bars[-1]["value"] < bars[-1]["max"] // 10, bars[-1]  # it stopped early, not at the end
     assert_text_ui(run_ok(comfy_server, invert_graph(steps=5, seed=6)).outputs["inv"], 1)
 
 
