@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One device run, most valuable first: probes -> ViT-H-14 -> ViT-L-14 -> the GPU tests. Each part has its
-# own time limit (together 7.5 min at worst, so a rerun still fits a 15-minute budget) and writes to $OUT as
+# One device run, most valuable first: probes -> ViT-H-14 -> ViT-L-14 -> the GPU tests -> time to quality
+# (planted prompts, ViT-H-14) -> two text towers (SDXL's ViT-L-14 + ViT-bigG-14). Each part has its own
+# time limit, cut to what is left of the whole run's (RUN_LIMIT, 8 min: a rerun still fits a 15-minute
+# budget); a part that would get under 20 s is skipped and says so. Everything is written to $OUT as
 # it goes: results.jsonl (one JSON line per measurement), <part>.log, summary.txt. A failing part does not
 # stop the next. The device has torch but not open_clip_torch, ftfy or wcwidth: `make gpu-wheels` puts
 # them in .whl/ (ignored by git; carry it). `gpu_check.sh --check` runs only the checks that need no GPU.
@@ -39,10 +41,19 @@ export PYTHONPATH="$site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 
 results="$out/results.jsonl"
 started=$SECONDS
+run_limit=${RUN_LIMIT:-480}
 status=0
-# part NAME SECONDS CMD...: run with its own time limit, log to $OUT, note the outcome in summary.txt
+# part NAME SECONDS CMD...: run with its own time limit (at most what is left of the run's), log to $OUT,
+# note the outcome in summary.txt
 part() {
-  local name=$1 limit=$2 t0=$SECONDS rc; shift 2
+  local name=$1 limit=$2 t0=$SECONDS rc left; shift 2
+  left=$((run_limit - (SECONDS - started)))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 20 ]; then
+    echo "$name: skipped, ${left} s left of the run's ${run_limit} s" | tee -a "$out/summary.txt"
+    status=1
+    return 1
+  fi
   echo "== $name (limit ${limit} s) ==" | tee -a "$out/summary.txt"
   timeout -k 10 "$limit" "$@" 2>&1 | tee "$out/$name.log"
   rc=${PIPESTATUS[0]}
@@ -65,5 +76,9 @@ part bench-ViT-H-14 140 "$py" benchmarks/gpu.py --models ViT-H-14 --results "$re
 part bench-ViT-L-14 80 "$py" benchmarks/gpu.py --models ViT-L-14 --results "$results"
 # only the tests that need the device; -P: the repository root stays off sys.path
 part tests 120 env PYTHONPATH="$site:$PWD/tests" "$py" -P -m pytest -q --noconftest -rs tests/test_gpu.py
+# time to quality: the reference loop's 3000-step similarity, and the engine's time to it (rows as they come)
+part planted-ViT-H-14 120 "$py" benchmarks/planted.py --model ViT-H-14 --seeds 1 --reference-steps 300 1000 3000 \
+  --budget-steps 3000 --polish prune swap --results "$out/planted.jsonl"
+part joint-sdxl 60 "$py" benchmarks/joint.py --pair sdxl --steps 100
 echo "gpu_check: done in $((SECONDS - started)) s, exit $status" | tee -a "$out/summary.txt"
 exit $status

@@ -143,3 +143,23 @@ def test_gpu_targets_are_judged_in_the_right_direction(monkeypatch):
     assert target_line("speed-up", 19.0, True, 20).endswith("**NOT met**")
     assert target_line("speed-up", 25.0, True, 20).endswith("— met")
     assert "not measured" in target_line("speed-up", None, True, 20)
+
+
+def test_planted_benchmark_writes_each_row_as_it_is_measured(checkpoint, tmp_path):
+    results = tmp_path / "planted.jsonl"
+    done = run_script("benchmarks/planted.py", "--model", str(checkpoint), "--seeds", "1", "--length", "4",
+                      "--reference-steps", "3", "6", "--budget-steps", "6", "--polish", "prune", "off",
+                      "--results", str(results))
+    lines = records(results)
+    assert [r["method"].split(",")[0] for r in lines] == ["reference loop"] * 2 + ["engine"] * 3
+    assert [r["steps"] for r in lines[:2]] == [3, 6]
+    for r in lines:
+        assert r["model"] == str(checkpoint) and r["device"] == "cpu" and r["seed"] == 1
+        assert -1 <= r["similarity"] <= 1 and r["gap"] == pytest.approx(1 - r["similarity"])
+        assert 0 <= r["recovered"] <= 4 and r["seconds"] >= 0
+    assert all(-1 <= r["id_similarity"] <= 1 for r in lines[:2])  # the loop's own figure, beside its string's
+    reference, string = lines[1]["id_similarity"], lines[1]["similarity"]
+    assert all(r["goal"] == pytest.approx(reference + (1 - reference) / 2) for r in lines[2:4])
+    assert all(r["goal_string"] == pytest.approx(string + (1 - string) / 2) for r in lines[2:4])
+    assert lines[4]["reached"] == (lines[4]["similarity"] >= reference)
+    assert done.stdout.count("| 1 | ") == 5  # the table at the end holds the same rows
