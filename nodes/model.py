@@ -14,7 +14,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from .. import pez_core
-from ..pez_core.models import CHECKPOINT_SUFFIXES, DEFAULT_MODEL, PRECISIONS, bundled_models, cached_models
+from ..pez_core.models import (CHECKPOINT_SUFFIXES, DEFAULT_MODEL, PRECISIONS, bundled_models, cached_models,
+                               preset_of_file)
 from .common import BAR_EVERY_S, CATEGORY, PezModelType, check_choice, send_node_text
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,7 @@ def model_options() -> list[str]:
 
 def _local_preset_file(name: str) -> str | None:
     """A preset's weights saved in the pez folder as <arch>-<tag>.<suffix> (what the offline error asks for)."""
-    preset = pez_core.PRESETS[name]
-    stem = f"{preset.arch}-{preset.pretrained}"
+    stem = pez_core.PRESETS[name].file_stem
     for file in checkpoint_files():
         if Path(file).stem == stem:
             return folder_paths.get_full_path_or_raise(FOLDER, file)
@@ -115,6 +115,10 @@ def resolve(name: str) -> str:
         return name
     if name in checkpoint_files():
         return folder_paths.get_full_path_or_raise(FOLDER, name)
+    preset = preset_of_file(name)
+    if preset is not None:  # an example's weights file the missing-models dialog offers, not downloaded yet
+        log.info("PEZ: %s is not in the pez model folder; loading the preset %s instead", name, preset)
+        return preset
     raise pez_core.PezError(
         f"model {name!r} not found: it is no preset or bundled model, and no such checkpoint is in the pez "
         f"model folder ({model_folders()}). Put the checkpoint there (with its open_clip config <name>.json "

@@ -53,6 +53,11 @@ class Preset:
     pretrained: str
     serves: str
 
+    @property
+    def file_stem(self) -> str:
+        """The name its weights go by in a model folder (what the offline error and the examples ask for)."""
+        return f"{self.arch}-{self.pretrained}"
+
 
 PRESETS: dict[str, Preset] = {
     "ViT-L-14 · openai": Preset("ViT-L-14", "openai", "SD 1.x, SDXL's CLIP-L, Flux"),
@@ -76,6 +81,16 @@ JOINT_PRESETS: dict[str, JointPreset] = {
         ("ViT-L-14 · openai", "ViT-bigG-14 · laion2b_s39b_b160k"), (1.0, 1.0),
         "SDXL's two encoders (also SD3's two CLIPs)"),
 }
+
+
+def preset_of_file(filename: str) -> str | None:
+    """The preset whose weights file this is (``ViT-L-14-openai.safetensors`` → ``ViT-L-14 · openai``), or None."""
+    path = Path(filename)
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        return None
+    return next((name for name, p in PRESETS.items() if p.file_stem == path.stem), None)
+
+
 BUNDLED_DESCRIPTIONS = {
     "shapes-demo": "demo model trained here; it only knows coloured shapes (works offline)",
 }

@@ -900,6 +900,25 @@ def test_example_opens_whole_then_runs_for_its_thumbnail(
     assert resp.ok and resp.headers.get("Content-Type", "").startswith("image/"), (thumb.name, resp.status_code)
 
 
+def test_missing_models_dialog_offers_the_clip_weights(browser: Browser) -> None:
+    """On a fresh install an example's CLIP weights are offered for download into models/pez, beside the
+    SD checkpoint: frontend 1.32.9 opens its "Missing Models" dialog; 1.58 lists them under "View details"."""
+    b = browser
+    b.js(OPEN_TEMPLATE, [PACK, "1 Image to prompt to image"])
+    b.page.wait_for_timeout(800)
+    if b.page.locator(".p-dialog").count():
+        listed = b.page.locator(".p-dialog").first.inner_text()
+        b.page.keyboard.press("Escape")
+    else:
+        b.page.get_by_text("View details").first.click()
+        b.page.get_by_text("Missing Models").first.wait_for(timeout=10_000)
+        listed = b.page.locator("body").inner_text()
+        b.page.keyboard.press("Escape")
+    assert "v1-5-pruned-emaonly-fp16.safetensors" in listed, listed
+    # "pez / <file>" on 1.32.9, "<file>\npez" on 1.58: the file and its folder, models/pez
+    assert re.search(r"\bpez / ViT-L-14-openai\.safetensors|ViT-L-14-openai\.safetensors\s*\n\s*pez\b", listed), listed
+
+
 # --- last: the console ------------------------------------------------------------------------------
 def test_no_errors_from_the_extension(browser: Browser) -> None:
     b = browser

@@ -428,6 +428,11 @@ BAD_INPUTS = {  # graph, failing node type, fragments the message must contain
                        ["ViT-H-14-laion2b_s32b_b79k.safetensors", "models/pez", "HF_HUB_OFFLINE"]),
     "preset file in models/pez is used": (lambda: _model_graph("ViT-B-32 · laion2b_s34b_b79k"), "PEZ_LoadModel",
                                           [PRESET_FILE, "damaged"]),
+    # the examples name a preset's file, so the missing-models dialog offers it; until it is downloaded
+    # the node loads the preset (offline here: the error says where to save the file)
+    "preset file name, not downloaded": (lambda: _model_graph("ViT-H-14-laion2b_s32b_b79k.safetensors"),
+                                         "PEZ_LoadModel", ["ViT-H-14-laion2b_s32b_b79k.safetensors", "HF_HUB_OFFLINE"]),
+    "preset file name, downloaded": (lambda: _model_graph(PRESET_FILE), "PEZ_LoadModel", [PRESET_FILE, "damaged"]),
     "unknown model name": (lambda: _model_graph("ViT-Q-99 · nothing"), "PEZ_LoadModel",
                            ["ViT-Q-99 · nothing", "ViT-L-14 · openai", TINY_MODEL]),
 }
