@@ -711,6 +711,67 @@ def test_stop_and_use_best_keeps_the_best_prompt(browser: Browser, finished_run:
     b.shot("stop-2-kept")
 
 
+# --- Nodes 2.0 (Comfy.VueNodes.Enabled) -----------------------------------------------------------------
+CONCAT_OVER_THE_LIMIT = """
+async ([text]) => {
+  const app = window.app;
+  await app.loadGraphData({ last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {},
+                            extra: {}, version: 0.4 });
+  const n = LiteGraph.createNode("PEZ_ConcatPrompts");
+  n.pos = [200, 150];
+  app.graph.add(n);
+  n.widgets.find((w) => w.name === "prompt_1").value = text;
+  n.widgets.find((w) => w.name === "prompt_2").value = "a second part";
+  app.canvas.setDirty(true, true);
+  return n.id;
+}
+"""
+
+RESULT_BOX = """
+(id) => {
+  const n = window.app.graph.getNodeById(id);
+  const e = n.widgets.find((w) => w.name === "pez_result").element;
+  const r = e.getBoundingClientRect(), copy = [...document.querySelectorAll("button")].find(
+    (b) => /copy prompt/.test(b.textContent) && b.getBoundingClientRect().width > 0);
+  return { text: e.value, height: r.height, width: r.width, client: e.clientHeight, scroll: e.scrollHeight,
+           copyWidth: copy ? copy.getBoundingClientRect().width : null };
+}
+"""
+
+
+def test_result_box_shows_its_lines_in_nodes_2(browser: Browser) -> None:
+    """With Nodes 2.0 on (getMinHeight is ignored there), the result box is as wide as the node's
+    button and tall enough for a prompt and its token count; Concat Prompts' over-75-token warning
+    comes first, where it is seen."""
+    b = browser
+    setting = "Comfy.VueNodes.Enabled"
+    before = b.js(f"() => window.app.extensionManager.setting.get('{setting}')")
+    b.js(f"async () => window.app.extensionManager.setting.set('{setting}', true)")
+
+    def run(text: str) -> dict[str, Any]:
+        node_id = b.js(CONCAT_OVER_THE_LIMIT, [text])
+        b.page.wait_for_timeout(800)
+        queue_and_wait(b)
+        b.page.wait_for_function(
+            "(id) => /CLIP tokens/.test(window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'pez_result').value)",
+            arg=node_id, timeout=30_000)
+        b.page.wait_for_timeout(500)
+        return b.js(RESULT_BOX, node_id)
+
+    try:
+        short = run("a red circle")
+        b.shot("nodes-2-concat")
+        # CSS pixels (the canvas zoom scales the on-screen box): the CSS min-height (88 px), less borders
+        assert short["client"] >= 80 and short["scroll"] <= short["client"] + 2, short  # every line in view
+        assert short["copyWidth"] and short["width"] >= 0.9 * short["copyWidth"], short
+        long = run(" ".join(["red circle"] * 45))
+        b.shot("nodes-2-concat-warning")
+        assert long["text"].startswith("warning:") and "over CLIP's limit" in long["text"], long["text"]
+    finally:
+        b.js(f"async (v) => window.app.extensionManager.setting.set('{setting}', v)", bool(before))
+        b.page.wait_for_timeout(500)
+
+
 # --- the examples open whole; their thumbnails ---------------------------------------------------------
 # Where the canvas is not covered by the sidebar, tab bar, toolbar or zoom controls (1600x1000 window):
 # the examples' saved extra.ds fits every node into it, on frontend 1.32.9 and 1.58.1.

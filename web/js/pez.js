@@ -104,7 +104,7 @@ function injectStyle() {
   style.id = "pez-hardprompts-style";
   style.textContent = `
     textarea.pez-result {
-      min-height: ${RESULT_MIN_HEIGHT_PX}px; cursor: text; white-space: pre-wrap; overflow-wrap: anywhere;
+      min-height: ${RESULT_MIN_HEIGHT_PX}px; width: 100%; box-sizing: border-box; cursor: text; white-space: pre-wrap; overflow-wrap: anywhere;
       font-family: ui-sans-serif, system-ui, sans-serif; font-size: 13px; line-height: 1.35;
     }
     textarea.pez-result.pez-running { opacity: 0.8; font-style: italic; }
