@@ -314,7 +314,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", default="0,1,11,12345",
                         help="seed spread: these seeds on the first --spread-images single-object images "
-                             "(length --long, or 16; words; 1 restart); empty: skip")
+                             "(length --long, or the default; node defaults otherwise); empty: skip")
     parser.add_argument("--spread-images", type=int, default=3)
     parser.add_argument("--polish", default="off",
                         help="comma list of polish modes each PEZ setting runs with (off, prune, swap+prune)")
@@ -402,9 +402,10 @@ def main() -> None:
     spread_note = ""
     if args.seeds and args.spread_images:
         seeds, k = [int(x) for x in args.seeds.split(",")], min(args.spread_images, n)
-        counts, spread_prompts = seed_spread(model, single_images[:k], seeds, args.long or 16, args.steps)
+        spread_length = args.long or PezConfig().prompt_len
+        counts, spread_prompts = seed_spread(model, single_images[:k], seeds, spread_length, args.steps)
         spread_words = [p for per_seed in spread_prompts for p in per_seed]
-        spread_note = (f"Seed spread (seeds {args.seeds}, L={args.long or 16}, words, 1 restart, {args.steps} steps) "
+        spread_note = (f"Seed spread (seeds {args.seeds}, L={spread_length}, node defaults, {args.steps} steps) "
                        f"on single-object images 1–{k}: {', '.join(map(str, counts))} different prompts of "
                        f"{len(seeds)}; junk tokens {100 * junk_share(model, spread_words, world):.0f} %; recall "
                        f"{sum(match_single(p, single_scenes[i]).recall for per in spread_prompts for i, p in enumerate(per))}"

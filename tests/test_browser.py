@@ -34,6 +34,7 @@ import pytest
 
 from demo import SAMPLES
 from helpers import PEZ_DISPLAY_NAMES as PEZ_NODES
+from helpers import TINY_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ WEB_JS = REPO / "web" / "js" / "pez.js"
 EXAMPLES = REPO / "example_workflows"
 ARTIFACTS = REPO / "artifacts" / "browser"
 README_SCREENSHOT = REPO / "docs" / "screenshot.png"
+LIVE_PROGRESS_SCREENSHOT = REPO / "docs" / "live-progress.png"
 
 CHROMIUM = Path(os.environ.get("PEZ_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [
@@ -337,6 +339,33 @@ async ([steps, promptLength, model, image]) => {
 }
 """
 
+# The page box around the nodes at work (no notes, no bypassed nodes), for the docs' screenshots
+ACTIVE_NODES_BOX = """
+() => {
+  const c = window.app.canvas, r = c.canvas.getBoundingClientRect(), pad = 24;
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const n of window.app.graph.nodes) {
+    if (n.mode !== 0 || /Note/.test(n.type)) continue;  // the nodes at work, no notes
+    const [ax, ay] = c.ds.convertOffsetToCanvas([n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT]);
+    const [bx, by] = c.ds.convertOffsetToCanvas([n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+    x0 = Math.min(x0, ax); y0 = Math.min(y0, ay); x1 = Math.max(x1, bx); y1 = Math.max(y1, by);
+  }
+  x0 = Math.max(r.left, r.left + x0 - pad); y0 = Math.max(r.top, r.top + y0 - pad);
+  x1 = Math.min(r.right, r.left + x1 + pad); y1 = Math.min(r.bottom, r.top + y1 + pad);
+  return { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
+}
+"""
+
+FRAME_NODE = """
+(id) => {
+  const app = window.app, n = app.graph.getNodeById(id);
+  app.canvas.deselectAll?.();
+  app.canvas.ds.scale = 1;
+  app.canvas.centerOnNode(n);
+  app.canvas.setDirty(true, true);
+}
+"""
+
 WATCH_NODE = """
 (id) => {
   const app = window.app, api = window.comfyAPI.api.api;
@@ -372,6 +401,7 @@ class Run:
     node_state: dict[str, Any]
     seconds: float
     others: dict[str, dict[str, Any]]  # other PEZ nodes that ran: type, display, ui output
+    live_shot: Path | None  # the node while it showed live progress
 
 
 @pytest.fixture(scope="module")
@@ -382,7 +412,8 @@ def finished_run(browser: Browser) -> Run:
     name, graph = found if found else ("(built in the test: no example workflow with PEZ_InvertImage)", EMPTY_WORKFLOW)
     load_graph(b, graph)
     invert_id = b.js(SET_UP_RUN, [STEPS, PROMPT_LENGTH, MODEL, TEST_IMAGE])
-    b.js("(id) => window.app.canvas.centerOnNode(window.app.graph.getNodeById(id))", invert_id)
+    b.page.mouse.move(5, 500)  # no hover tooltip
+    b.js(FRAME_NODE, invert_id)
     b.js(WATCH_NODE, invert_id)
     b.shot("run-0-before")
 
@@ -393,11 +424,13 @@ def finished_run(browser: Browser) -> Run:
     prompt_id = answer.value.json()["prompt_id"]
 
     # live progress on the node while it runs (screenshot of the first one)
+    live_shot = None
     try:
         b.page.wait_for_function(
             "() => window.__pezWatch.texts.some((x) => (x.v || '').startsWith('running'))", timeout=60_000
         )
         b.shot("run-1-progress")
+        live_shot = b.shot("run-1-progress-node", clip=b.js(ACTIVE_NODES_BOX))  # docs/live-progress.png
     except Exception as exc:  # noqa: BLE001 - asserted on below, with what was seen
         log.warning("no live progress text seen within 60 s: %s", exc)
     result = b.server.wait(prompt_id, timeout=RUN_TIMEOUT_S)
@@ -439,6 +472,7 @@ def finished_run(browser: Browser) -> Run:
     }
     return Run(
         others=others,
+        live_shot=live_shot,
         invert_id=invert_id,
         workflow_name=name,
         prompt_id=prompt_id,
@@ -509,41 +543,25 @@ def test_copy_button_copies_the_prompt(browser: Browser, finished_run: Run) -> N
 
 
 def test_readme_screenshot(browser: Browser, finished_run: Run) -> None:
-    """A PEZ Invert Image node with its finished prompt, cropped (artifacts/, and docs/ on request)."""
+    """The example's PEZ Invert Image node with its finished prompt, and while it showed live progress,
+    cropped (artifacts/; docs/ on request)."""
     b, run = browser, finished_run
     b.page.mouse.move(5, 500)  # no hover tooltip
     b.page.wait_for_function("() => !document.body.innerText.includes('Prompt copied')", timeout=15_000)
-    b.js(
-        """(id) => {
-             const app = window.app, n = app.graph.getNodeById(id);
-             app.canvas.deselectAll?.();
-             app.canvas.ds.scale = 1;
-             app.canvas.centerOnNode(n);
-             app.canvas.setDirty(true, true);
-           }""",
-        run.invert_id,
-    )
+    b.js(FRAME_NODE, run.invert_id)
     b.page.wait_for_timeout(400)
-    clip = b.js(
-        """() => {
-             const c = window.app.canvas, r = c.canvas.getBoundingClientRect(), pad = 24;
-             let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
-             for (const n of window.app.graph.nodes) {
-               if (n.mode !== 0 || /Note/.test(n.type)) continue;  // the nodes at work, no notes
-               const [ax, ay] = c.ds.convertOffsetToCanvas([n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT]);
-               const [bx, by] = c.ds.convertOffsetToCanvas([n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
-               x0 = Math.min(x0, ax); y0 = Math.min(y0, ay); x1 = Math.max(x1, bx); y1 = Math.max(y1, by);
-             }
-             x0 = Math.max(r.left, r.left + x0 - pad); y0 = Math.max(r.top, r.top + y0 - pad);
-             x1 = Math.min(r.right, r.left + x1 + pad); y1 = Math.min(r.bottom, r.top + y1 + pad);
-             return { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
-           }"""
-    )
+    clip = b.js(ACTIVE_NODES_BOX)
     assert clip["width"] > 200 and clip["height"] > 200, clip
-    shot = b.shot("readme-invert-node", clip=clip)
-    if os.environ.get("PEZ_UPDATE_SCREENSHOT") == "1" or not README_SCREENSHOT.exists():
-        README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, README_SCREENSHOT)
+    keep_for_docs(b.shot("readme-invert-node", clip=clip), README_SCREENSHOT)
+    assert run.live_shot is not None, "no live progress was seen to photograph"
+    keep_for_docs(run.live_shot, LIVE_PROGRESS_SCREENSHOT)
+
+
+def keep_for_docs(shot: Path, path: Path) -> None:
+    """Copy a screenshot into docs/ when asked (PEZ_UPDATE_SCREENSHOT=1) or when it is missing."""
+    if os.environ.get("PEZ_UPDATE_SCREENSHOT") == "1" or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, path)
 
 
 # --- save and reopen --------------------------------------------------------------------------------
@@ -709,6 +727,52 @@ def test_stop_and_use_best_keeps_the_best_prompt(browser: Browser, finished_run:
     shown = watch["texts"][-1]["v"]
     assert shown.startswith(text[0]) and "cancelled" not in shown, shown
     b.shot("stop-2-kept")
+
+
+# --- two models at once (PEZ Combine Models) -------------------------------------------------------------
+COMBINED_RUN = """
+async ([models, image, steps]) => {
+  const app = window.app;
+  await app.loadGraphData({ last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {},
+                            extra: {}, version: 0.4 });
+  const add = (type, x, y) => { const n = LiteGraph.createNode(type); n.pos = [x, y]; app.graph.add(n); return n; };
+  const set = (n, name, value) => { n.widgets.find((w) => w.name === name).value = value; };
+  const a = add("PEZ_LoadModel", 20, 40), b = add("PEZ_LoadModel", 20, 240);
+  const both = add("PEZ_CombineModels", 380, 40), load = add("LoadImage", 380, 300);
+  const invert = add("PEZ_InvertImage", 740, 40);
+  [a, b].forEach((m, i) => { set(m, "model", models[i]); set(m, "device", "cpu"); });
+  set(both, "weight_2", 3.0);
+  set(load, "image", image);
+  set(invert, "steps", steps); set(invert, "prompt_length", 4);
+  a.connect(0, both, both.findInputSlot("pez_model_1"));
+  b.connect(0, both, both.findInputSlot("pez_model_2"));
+  both.connect(0, invert, invert.findInputSlot("pez_model"));
+  load.connect(0, invert, invert.findInputSlot("images"));
+  app.canvas.setDirty(true, true);
+  return invert.id;
+}
+"""
+
+
+def test_combined_models_show_each_models_similarity(browser: Browser) -> None:
+    """A prompt learned for two models at once: the box shows the joint similarity and each model's,
+    as /history has them."""
+    b = browser
+    invert_id = b.js(COMBINED_RUN, [[MODEL, TINY_MODEL], TEST_IMAGE, 20])
+    b.page.wait_for_timeout(500)
+    result = queue_and_wait(b)
+    assert result.ok, result.error
+    ui = result.outputs[str(invert_id)]
+    [each] = ui["pez_model_similarities"]
+    b.page.wait_for_function(
+        "(id) => !/^running/.test(window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'pez_result').value || 'running')",
+        arg=invert_id, timeout=30_000)
+    text = b.js("(id) => window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'pez_result').value", invert_id)
+    b.shot("combined-models")
+    assert ui["text"][0] in text
+    assert f"similarity {ui['pez_similarity'][0]:.3f}" in text, text
+    assert len(each) == 2, ui
+    assert any(re.search(rf"per model\D*{each[0]:.{d}f}\D+{each[1]:.{d}f}", text) for d in (3, 4)), text
 
 
 # --- Nodes 2.0 (Comfy.VueNodes.Enabled) -----------------------------------------------------------------
