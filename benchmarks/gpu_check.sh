@@ -48,12 +48,12 @@ status=0
 part() {
   local name=$1 limit=$2 t0=$SECONDS rc left; shift 2
   left=$((run_limit - (SECONDS - started)))
-  [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$limit" -lt 20 ]; then
+  if [ "$left" -lt 20 ]; then
     echo "$name: skipped, ${left} s left of the run's ${run_limit} s" | tee -a "$out/summary.txt"
     status=1
     return 1
   fi
+  [ "$left" -lt "$limit" ] && limit=$left
   echo "== $name (limit ${limit} s) ==" | tee -a "$out/summary.txt"
   timeout -k 10 "$limit" "$@" 2>&1 | tee "$out/$name.log"
   rc=${PIPESTATUS[0]}
