@@ -101,4 +101,10 @@ for dist, want in (("torch", "2.14.1"), ("torchvision", "0.29.1"), ("comfyui-fro
 EOF
   echo "$deps_key" > "$DEPS_STAMP"
 fi
+# the editable install must be this checkout's: a venv made for another checkout would test that one
+installed="$("$PY" -P -c 'import os, pez_core; print(os.path.dirname(os.path.dirname(os.path.realpath(pez_core.__file__))))' 2>/dev/null || true)"
+if [[ "$installed" != "$(realpath "$ROOT")" ]]; then
+  log "pointing the venv's editable install of this pack at $ROOT (was: ${installed:-none})"
+  "$PY" -m pip install -q --no-deps -e "$ROOT"
+fi
 log "ready: $PY ${COMFY_DIR#"$ROOT/"}/main.py (ComfyUI $COMFY_VERSION, frontend $FRONTEND_VERSION)"

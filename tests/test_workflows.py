@@ -40,8 +40,10 @@ def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def runnable_part(graph: dict[str, dict[str, Any]], models_dir: Path) -> dict[str, dict[str, Any]]:
-    """Drop what needs a diffusion checkpoint; tiny model, few steps for the PEZ nodes."""
+def runnable_part(graph: dict[str, dict[str, Any]], models_dir: Path, *, keep_models: bool = False
+                  ) -> dict[str, dict[str, Any]]:
+    """Drop what needs a diffusion checkpoint; few steps for the PEZ nodes, and (unless ``keep_models``)
+    the tiny model for models that cannot load offline."""
     from pez_core.models import bundled_models
 
     dropped = {k for k, v in graph.items() if v["class_type"] in NEEDS_CHECKPOINT}
@@ -57,7 +59,7 @@ def runnable_part(graph: dict[str, dict[str, Any]], models_dir: Path) -> dict[st
         inputs = node["inputs"]
         if node["class_type"] == "PEZ_LoadModel":
             model = inputs["model"]
-            if model not in bundled_models() and not (models_dir / model).is_file():
+            if not keep_models and model not in bundled_models() and not (models_dir / model).is_file():
                 inputs["model"] = TINY_MODEL  # presets and downloads are not available offline
         if node["class_type"].startswith("PEZ_") and "steps" in inputs:
             inputs["steps"] = TEST_STEPS
@@ -136,6 +138,22 @@ def test_workflow_matches_the_server(object_info: dict[str, Any], path: Path) ->
             assert entry.get("link") is None or entry["link"] in seen_links
         for output in node.get("outputs", []):
             assert set(output["links"] or []) <= seen_links
+
+
+SHIPPED_WITH_A_PRESET_FILE = [f for f in FILES if any(
+    n["type"] == "PEZ_LoadModel" and n["widgets_values"][0].endswith(".safetensors") for n in load(f)["nodes"])]
+
+
+@pytest.mark.parametrize("path", SHIPPED_WITH_A_PRESET_FILE, ids=[f.stem for f in SHIPPED_WITH_A_PRESET_FILE])
+def test_example_as_shipped_passes_validation(comfy_server: ComfyServer, object_info: dict[str, Any], path: Path
+                                              ) -> None:
+    """Its CLIP weights file not downloaded yet (a fresh install): ComfyUI accepts the graph, and PEZ Load
+    Model goes for the preset it names (offline here, so it says which file to save where)."""
+    graph = runnable_part(to_api(load(path), object_info), comfy_server.models_dir, keep_models=True)
+    result = comfy_server.run(graph, timeout=120)  # a validation error would raise PromptRejected here
+    assert result.status == "error" and result.error["node_type"] == "PEZ_LoadModel", (result.status, result.error)
+    message = result.error["exception_message"]
+    assert "models/pez/ViT-L-14-openai.safetensors" in message and "HF_HUB_OFFLINE" in message, message
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
