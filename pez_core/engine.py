@@ -63,7 +63,7 @@ class PezConfig:
     patience: int | None = None     # stop once the best has not improved for this many steps
     sync_every: int | None = None   # steps between host syncs (progress, cancel, stopping); None: 2 on CPU, 20 on GPU
     max_batch: int | None = None    # prompts through the model at once; None: what half the free memory holds
-    polish: str = "prune"           # after the loop: off, prune, swap, swap+prune (measured: benchmarks/README.md)
+    polish: str = "swap+prune"      # after the loop: off, prune, swap, swap+prune (measured: benchmarks/README.md)
     time_budget: float | None = None        # seconds for the whole run, polishing included
     target_similarity: float | None = None  # stop once every problem's best string reaches this
 

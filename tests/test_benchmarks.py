@@ -45,8 +45,9 @@ def test_gpu_benchmark_script_runs_and_its_ratios_add_up(checkpoint, tmp_path):
     reference_ms = float(rows[0][1])
     for cells in rows[1:]:
         ms, ratio, similarity = float(cells[1]), float(cells[3].strip().rstrip("x")), float(cells[7])
-        assert ms > 0 and 0 < similarity <= 1
-        assert ratio == pytest.approx(reference_ms / ms, rel=0.06, abs=0.06)
+        assert ms >= 0 and 0 < similarity <= 1
+        if ms >= 0.05:  # a marginal cost lost in a loaded machine's noise prints as 0.00
+            assert ratio == pytest.approx(reference_ms / ms, rel=0.06, abs=0.06)
     assert rows[1][8].strip() == "eager (device is cpu)"  # off CUDA no row may claim a graph was replayed
     assert re.search(r"12 steps, 1 restart, one whole run: \*\*[\d.]+ s\*\*", out)
     assert re.search(r"2 restarts / 1: [\d.]+x; 3 restarts / 1: [\d.]+x", out)
@@ -163,3 +164,12 @@ def test_planted_benchmark_writes_each_row_as_it_is_measured(checkpoint, tmp_pat
     assert all(r["goal_string"] == pytest.approx(string + (1 - string) / 2) for r in lines[2:4])
     assert lines[4]["reached"] == (lines[4]["similarity"] >= reference)
     assert done.stdout.count("| 1 | ") == 5  # the table at the end holds the same rows
+
+
+def test_polish_modes_benchmark_polishes_the_same_prompts():
+    done = run_script("benchmarks/polish_modes.py", "--sets", "7:3", "--steps", "5")
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| 3 images")]
+    assert [cells[1].strip() for cells in rows] == ["off", "prune", "swap", "swap+prune"]
+    similarity = {cells[1].strip(): float(cells[3]) for cells in rows}
+    assert all(similarity[mode] >= similarity["off"] - 1e-4 for mode in similarity)  # never below PEZ's own
+    assert "All sets: off " in done.stdout and "target ≥ 90 %" in done.stdout
