@@ -60,7 +60,9 @@ CHROMIUM_FLAGS = [
 
 MODEL = "shapes-demo"  # the bundled demo CLIP: its prompts name what the image shows
 TEST_IMAGE = "pez-demo-shape.png"  # tests/conftest.py puts it into input/
-STEPS = int(os.environ.get("PEZ_BROWSER_STEPS", "100"))  # several seconds on 2 busy CPU cores
+# the CPU example's own steps, so the run (and the README's screenshot of it) is the example as shipped:
+# several seconds on 2 busy CPU cores
+STEPS = int(os.environ.get("PEZ_BROWSER_STEPS", "300"))
 PROMPT_LENGTH = 8
 RUN_TIMEOUT_S = 150.0
 
@@ -323,14 +325,13 @@ async ([steps, promptLength, model, image]) => {
     model.connect(0, invert, invert.findInputSlot("pez_model"));
   }
   for (const n of graph.nodes) {
-    if (n.type === "PEZ_LoadModel") { set(n, "model", model); set(n, "device", "cpu"); }
+    if (n.type === "PEZ_LoadModel") set(n, "model", model);
     const img = n.type === "LoadImage" && n.widgets?.find((w) => w.name === "image");
     if (img && !img.options?.values?.includes(img.value)) set(n, "image", image);
   }
   for (const n of graph.nodes.filter((n) => n.type === "PEZ_InvertImage")) {
     set(n, "steps", steps);
     set(n, "prompt_length", promptLength);
-    set(n, "restarts", 1);
     set(n, "control_after_generate", "fixed");
     if (n !== invert) n.mode = 2;
   }
@@ -729,113 +730,6 @@ def test_stop_and_use_best_keeps_the_best_prompt(browser: Browser, finished_run:
     b.shot("stop-2-kept")
 
 
-# --- two models at once (PEZ Combine Models) -------------------------------------------------------------
-COMBINED_RUN = """
-async ([models, image, steps]) => {
-  const app = window.app;
-  await app.loadGraphData({ last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {},
-                            extra: {}, version: 0.4 });
-  const add = (type, x, y) => { const n = LiteGraph.createNode(type); n.pos = [x, y]; app.graph.add(n); return n; };
-  const set = (n, name, value) => { n.widgets.find((w) => w.name === name).value = value; };
-  const a = add("PEZ_LoadModel", 20, 40), b = add("PEZ_LoadModel", 20, 240);
-  const both = add("PEZ_CombineModels", 380, 40), load = add("LoadImage", 380, 300);
-  const invert = add("PEZ_InvertImage", 740, 40);
-  [a, b].forEach((m, i) => { set(m, "model", models[i]); set(m, "device", "cpu"); });
-  set(both, "weight_2", 3.0);
-  set(load, "image", image);
-  set(invert, "steps", steps); set(invert, "prompt_length", 4);
-  a.connect(0, both, both.findInputSlot("pez_model_1"));
-  b.connect(0, both, both.findInputSlot("pez_model_2"));
-  both.connect(0, invert, invert.findInputSlot("pez_model"));
-  load.connect(0, invert, invert.findInputSlot("images"));
-  app.canvas.setDirty(true, true);
-  return invert.id;
-}
-"""
-
-
-def test_combined_models_show_each_models_similarity(browser: Browser) -> None:
-    """A prompt learned for two models at once: the box shows the joint similarity and each model's,
-    as /history has them."""
-    b = browser
-    invert_id = b.js(COMBINED_RUN, [[MODEL, TINY_MODEL], TEST_IMAGE, 20])
-    b.page.wait_for_timeout(500)
-    result = queue_and_wait(b)
-    assert result.ok, result.error
-    ui = result.outputs[str(invert_id)]
-    [each] = ui["pez_model_similarities"]
-    b.page.wait_for_function(
-        "(id) => !/^running/.test(window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'pez_result').value || 'running')",
-        arg=invert_id, timeout=30_000)
-    text = b.js("(id) => window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'pez_result').value", invert_id)
-    b.shot("combined-models")
-    assert ui["text"][0] in text
-    assert f"similarity {ui['pez_similarity'][0]:.3f}" in text, text
-    assert len(each) == 2, ui
-    assert any(re.search(rf"per model\D*{each[0]:.{d}f}\D+{each[1]:.{d}f}", text) for d in (3, 4)), text
-
-
-# --- Nodes 2.0 (Comfy.VueNodes.Enabled) -----------------------------------------------------------------
-CONCAT_OVER_THE_LIMIT = """
-async ([text]) => {
-  const app = window.app;
-  await app.loadGraphData({ last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {},
-                            extra: {}, version: 0.4 });
-  const n = LiteGraph.createNode("PEZ_ConcatPrompts");
-  n.pos = [200, 150];
-  app.graph.add(n);
-  n.widgets.find((w) => w.name === "prompt_1").value = text;
-  n.widgets.find((w) => w.name === "prompt_2").value = "a second part";
-  app.canvas.setDirty(true, true);
-  return n.id;
-}
-"""
-
-RESULT_BOX = """
-(id) => {
-  const n = window.app.graph.getNodeById(id);
-  const e = n.widgets.find((w) => w.name === "pez_result").element;
-  const r = e.getBoundingClientRect(), copy = [...document.querySelectorAll("button")].find(
-    (b) => /copy prompt/.test(b.textContent) && b.getBoundingClientRect().width > 0);
-  return { text: e.value, height: r.height, width: r.width, client: e.clientHeight, scroll: e.scrollHeight,
-           copyWidth: copy ? copy.getBoundingClientRect().width : null };
-}
-"""
-
-
-def test_result_box_shows_its_lines_in_nodes_2(browser: Browser) -> None:
-    """With Nodes 2.0 on (getMinHeight is ignored there), the result box is as wide as the node's
-    button and tall enough for a prompt and its token count; Concat Prompts' over-75-token warning
-    comes first, where it is seen."""
-    b = browser
-    setting = "Comfy.VueNodes.Enabled"
-    before = b.js(f"() => window.app.extensionManager.setting.get('{setting}')")
-    b.js(f"async () => window.app.extensionManager.setting.set('{setting}', true)")
-
-    def run(text: str) -> dict[str, Any]:
-        node_id = b.js(CONCAT_OVER_THE_LIMIT, [text])
-        b.page.wait_for_timeout(800)
-        queue_and_wait(b)
-        b.page.wait_for_function(
-            "(id) => /CLIP tokens/.test(window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'pez_result').value)",
-            arg=node_id, timeout=30_000)
-        b.page.wait_for_timeout(500)
-        return b.js(RESULT_BOX, node_id)
-
-    try:
-        short = run("a red circle")
-        b.shot("nodes-2-concat")
-        # CSS pixels (the canvas zoom scales the on-screen box): the CSS min-height (88 px), less borders
-        assert short["client"] >= 80 and short["scroll"] <= short["client"] + 2, short  # every line in view
-        assert short["copyWidth"] and short["width"] >= 0.9 * short["copyWidth"], short
-        long = run(" ".join(["red circle"] * 45))
-        b.shot("nodes-2-concat-warning")
-        assert long["text"].startswith("warning:") and "over CLIP's limit" in long["text"], long["text"]
-    finally:
-        b.js(f"async (v) => window.app.extensionManager.setting.set('{setting}', v)", bool(before))
-        b.page.wait_for_timeout(500)
-
-
 # --- the examples open whole; their thumbnails ---------------------------------------------------------
 # Where the canvas is not covered by the sidebar, tab bar, toolbar or zoom controls (1600x1000 window):
 # the examples' saved extra.ds fits every node into it, on frontend 1.32.9 and 1.58.1.
@@ -1042,6 +936,113 @@ def test_missing_models_dialog_offers_the_clip_weights(browser: Browser) -> None
     assert "v1-5-pruned-emaonly-fp16.safetensors" in listed, listed
     # "pez / <file>" on 1.32.9, "<file>\npez" on 1.58: the file and its folder, models/pez
     assert re.search(r"\bpez / ViT-L-14-openai\.safetensors|ViT-L-14-openai\.safetensors\s*\n\s*pez\b", listed), listed
+
+
+# --- two models at once (PEZ Combine Models) -------------------------------------------------------------
+COMBINED_RUN = """
+async ([models, image, steps]) => {
+  const app = window.app;
+  await app.loadGraphData({ last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {},
+                            extra: {}, version: 0.4 });
+  const add = (type, x, y) => { const n = LiteGraph.createNode(type); n.pos = [x, y]; app.graph.add(n); return n; };
+  const set = (n, name, value) => { n.widgets.find((w) => w.name === name).value = value; };
+  const a = add("PEZ_LoadModel", 20, 40), b = add("PEZ_LoadModel", 20, 240);
+  const both = add("PEZ_CombineModels", 380, 40), load = add("LoadImage", 380, 300);
+  const invert = add("PEZ_InvertImage", 740, 40);
+  [a, b].forEach((m, i) => { set(m, "model", models[i]); set(m, "device", "cpu"); });
+  set(both, "weight_2", 3.0);
+  set(load, "image", image);
+  set(invert, "steps", steps); set(invert, "prompt_length", 4);
+  a.connect(0, both, both.findInputSlot("pez_model_1"));
+  b.connect(0, both, both.findInputSlot("pez_model_2"));
+  both.connect(0, invert, invert.findInputSlot("pez_model"));
+  load.connect(0, invert, invert.findInputSlot("images"));
+  app.canvas.setDirty(true, true);
+  return invert.id;
+}
+"""
+
+
+def test_combined_models_show_each_models_similarity(browser: Browser) -> None:
+    """A prompt learned for two models at once: the box shows the joint similarity and each model's,
+    as /history has them."""
+    b = browser
+    invert_id = b.js(COMBINED_RUN, [[MODEL, TINY_MODEL], TEST_IMAGE, 20])
+    b.page.wait_for_timeout(500)
+    result = queue_and_wait(b)
+    assert result.ok, result.error
+    ui = result.outputs[str(invert_id)]
+    [each] = ui["pez_model_similarities"]
+    b.page.wait_for_function(
+        "(id) => !/^running/.test(window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'pez_result').value || 'running')",
+        arg=invert_id, timeout=30_000)
+    text = b.js("(id) => window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'pez_result').value", invert_id)
+    b.shot("combined-models")
+    assert ui["text"][0] in text
+    assert f"similarity {ui['pez_similarity'][0]:.3f}" in text, text
+    assert len(each) == 2, ui
+    assert any(re.search(rf"per model\D*{each[0]:.{d}f}\D+{each[1]:.{d}f}", text) for d in (3, 4)), text
+
+
+# --- Nodes 2.0 (Comfy.VueNodes.Enabled): after the examples, whose layouts are the classic ones ---
+CONCAT_OVER_THE_LIMIT = """
+async ([text]) => {
+  const app = window.app;
+  await app.loadGraphData({ last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {},
+                            extra: {}, version: 0.4 });
+  const n = LiteGraph.createNode("PEZ_ConcatPrompts");
+  n.pos = [200, 150];
+  app.graph.add(n);
+  n.widgets.find((w) => w.name === "prompt_1").value = text;
+  n.widgets.find((w) => w.name === "prompt_2").value = "a second part";
+  app.canvas.setDirty(true, true);
+  return n.id;
+}
+"""
+
+RESULT_BOX = """
+(id) => {
+  const n = window.app.graph.getNodeById(id);
+  const e = n.widgets.find((w) => w.name === "pez_result").element;
+  const r = e.getBoundingClientRect(), copy = [...document.querySelectorAll("button")].find(
+    (b) => /copy prompt/.test(b.textContent) && b.getBoundingClientRect().width > 0);
+  return { text: e.value, height: r.height, width: r.width, client: e.clientHeight, scroll: e.scrollHeight,
+           copyWidth: copy ? copy.getBoundingClientRect().width : null };
+}
+"""
+
+
+def test_result_box_shows_its_lines_in_nodes_2(browser: Browser) -> None:
+    """With Nodes 2.0 on (getMinHeight is ignored there), the result box is as wide as the node's
+    button and tall enough for a prompt and its token count; Concat Prompts' over-75-token warning
+    comes first, where it is seen."""
+    b = browser
+    setting = "Comfy.VueNodes.Enabled"
+    before = b.js(f"() => window.app.extensionManager.setting.get('{setting}')")
+    b.js(f"async () => window.app.extensionManager.setting.set('{setting}', true)")
+
+    def run(text: str) -> dict[str, Any]:
+        node_id = b.js(CONCAT_OVER_THE_LIMIT, [text])
+        b.page.wait_for_timeout(800)
+        queue_and_wait(b)
+        b.page.wait_for_function(
+            "(id) => /CLIP tokens/.test(window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'pez_result').value)",
+            arg=node_id, timeout=30_000)
+        b.page.wait_for_timeout(500)
+        return b.js(RESULT_BOX, node_id)
+
+    try:
+        short = run("a red circle")
+        b.shot("nodes-2-concat")
+        # CSS pixels (the canvas zoom scales the on-screen box): the CSS min-height (88 px), less borders
+        assert short["client"] >= 80 and short["scroll"] <= short["client"] + 2, short  # every line in view
+        assert short["copyWidth"] and short["width"] >= 0.9 * short["copyWidth"], short
+        long = run(" ".join(["red circle"] * 45))
+        b.shot("nodes-2-concat-warning")
+        assert long["text"].startswith("warning:") and "over CLIP's limit" in long["text"], long["text"]
+    finally:
+        b.js(f"async (v) => window.app.extensionManager.setting.set('{setting}', v)", bool(before))
+        b.page.wait_for_timeout(500)
 
 
 # --- last: the console ------------------------------------------------------------------------------
