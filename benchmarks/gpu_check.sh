@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device run, most valuable first: probes -> ViT-H-14 -> ViT-L-14 -> the GPU tests -> time to quality
 # (planted prompts, ViT-H-14) -> two text towers (SDXL's ViT-L-14 + ViT-bigG-14). Each part has its own
-# time limit, cut to what is left of the whole run's (RUN_LIMIT, 8 min: a rerun still fits a 15-minute
-# budget); a part that would get under 20 s is skipped and says so. Everything is written to $OUT as
+# time limit, cut to what is left of the whole run's (RUN_LIMIT, 7 min: with a machine start of a few
+# minutes, inside a 15-minute budget; what is left then fits a short rerun, e.g. RUN_LIMIT=150); a part
+# that would get under 20 s is skipped and says so. Everything is written to $OUT as
 # it goes: results.jsonl (one JSON line per measurement), <part>.log, summary.txt. A failing part does not
 # stop the next. The device has torch but not open_clip_torch, ftfy or wcwidth: `make gpu-wheels` puts
 # them in .whl/ (ignored by git; carry it). `gpu_check.sh --check` runs only the checks that need no GPU.
@@ -41,7 +42,7 @@ export PYTHONPATH="$site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 
 results="$out/results.jsonl"
 started=$SECONDS
-run_limit=${RUN_LIMIT:-480}
+run_limit=${RUN_LIMIT:-420}
 status=0
 # part NAME SECONDS CMD...: run with its own time limit (at most what is left of the run's), log to $OUT,
 # note the outcome in summary.txt

@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.model_seed)  # random weights: without a seed every process has another model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pretrained = None if Path(args.model).is_file() else args.pretrained
-    with torch.device(device):  # random initialisation on the GPU is instant
-        model = pez_core.load_model(args.model, pretrained, device=device)
+    model = pez_core.load_model(args.model, pretrained, device=device)
     started = time.perf_counter()
     header = {"model": args.model, "pretrained": args.pretrained, "model_seed": args.model_seed,
               "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}

@@ -308,7 +308,7 @@ def main() -> None:
     parser.add_argument("--vocabs", default="full,words,bank")
     parser.add_argument("--restarts", default="1,8")
     parser.add_argument("--long", type=int, default=16,
-                        help="also run this prompt length (the nodes' default) with 1 restart; 0: skip")
+                        help="also run this (longer) prompt length with 1 restart; 0: skip")
     parser.add_argument("--reference-images", type=int, default=10,
                         help="the naive reference loop runs on the first N single-object images (it is slow); 0: skip")
     parser.add_argument("--seed", type=int, default=0)

@@ -117,8 +117,8 @@ def resolve(name: str) -> str:
         return folder_paths.get_full_path_or_raise(FOLDER, name)
     preset = preset_of_file(name)
     if preset is not None:  # an example's weights file the missing-models dialog offers, not downloaded yet
-        log.info("PEZ: %s is not in the pez model folder; loading the preset %s instead", name, preset)
-        return preset
+        log.debug("PEZ: %s is not in the pez model folder; loading the preset %s instead", name, preset)
+        return _local_preset_file(preset) or preset
     raise pez_core.PezError(
         f"model {name!r} not found: it is no preset or bundled model, and no such checkpoint is in the pez "
         f"model folder ({model_folders()}). Put the checkpoint there (with its open_clip config <name>.json "

@@ -45,7 +45,7 @@ def test_gpu_benchmark_script_runs_and_its_ratios_add_up(checkpoint, tmp_path):
     reference_ms = float(rows[0][1])
     for cells in rows[1:]:
         ms, ratio, similarity = float(cells[1]), float(cells[3].strip().rstrip("x")), float(cells[7])
-        assert ms >= 0 and 0 < similarity <= 1
+        assert 0 < similarity <= 1
         if ms >= 0.05:  # a marginal cost lost in a loaded machine's noise prints as 0.00
             assert ratio == pytest.approx(reference_ms / ms, rel=0.06, abs=0.06)
     assert rows[1][8].strip() == "eager (device is cpu)"  # off CUDA no row may claim a graph was replayed
