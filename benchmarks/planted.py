@@ -83,11 +83,16 @@ def one_planted(model, args, seed: int, emit) -> list[dict]:
     # judged against the reference's own figure (its ids) and against its string's
     r, r_string = at["id_similarity"], at["similarity"]
     budget = args.budget_share * at["seconds"]
-    base = pez_core.PezConfig(prompt_len=len(ids), seed=seed, restarts=args.restarts)
+    engine_seeds = args.engine_seeds or [seed]
+    base = pez_core.PezConfig(prompt_len=len(ids), seed=engine_seeds[0], restarts=args.restarts)
     for polish in args.polish:
-        config = dataclasses.replace(base, time_budget=budget, polish=polish)
-        found = engine(model, target, ids, config, f"engine, {budget:.1f} s budget, polish {polish}")
-        rows.append(emit(found | {"goal": r + (1 - r) / 2, "goal_string": r_string + (1 - r_string) / 2}, text, seed))
+        for engine_seed in engine_seeds:
+            config = dataclasses.replace(base, time_budget=budget, polish=polish, seed=engine_seed)
+            label = f"engine, {budget:.1f} s budget, polish {polish}" + (
+                f", engine seed {engine_seed}" if args.engine_seeds else "")
+            found = engine(model, target, ids, config, label)
+            rows.append(emit(found | {"polish": polish, "engine_seed": engine_seed, "goal": r + (1 - r) / 2,
+                                      "goal_string": r_string + (1 - r_string) / 2}, text, seed))
     config = dataclasses.replace(base, time_budget=at["seconds"], target_similarity=min(1.0, r))
     found = engine(model, target, ids, config, f"engine, time to the reference's {r:.4f}")
     rows.append(emit(found | {"reached": found["similarity"] >= r}, text, seed))
@@ -115,6 +120,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(TABLE_HEAD + [table_row(r) for r in rows])
 
 
+def summary(rows: list[dict]) -> str:
+    """Per polish mode, over every planted prompt and engine seed: goals met and the mean similarity."""
+    lines = []
+    for polish in dict.fromkeys(r["polish"] for r in rows if "goal" in r):
+        runs = [r for r in rows if r.get("polish") == polish and "goal" in r]
+        met = sum(r["similarity"] >= r["goal"] for r in runs)
+        met_string = sum(r["similarity"] >= r["goal_string"] for r in runs)
+        mean = sum(r["similarity"] for r in runs) / len(runs)
+        lines.append(f"- polish {polish}: half the reference's gap met in {met} of {len(runs)} runs on its ids' "
+                     f"figure, {met_string} of {len(runs)} on its string's; mean similarity {mean:.4f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-32")
@@ -126,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-share", type=float, default=0.1)
     parser.add_argument("--restarts", type=int, help="engine restarts (default: the engine's for the device)")
     parser.add_argument("--polish", nargs="+", default=["swap+prune", "swap", "off"], choices=pez_core.POLISH_MODES)
+    parser.add_argument("--engine-seeds", type=int, nargs="+",
+                        help="run the engine once per seed (default: once, with the planted prompt's seed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model-seed", type=int, default=0,
                         help="seed of the random weights (the same model in every run and process)")
@@ -156,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for seed in args.seeds for r in one_planted(model, args, seed, emit)]
     sys.stdout.write(f"{args.model} ({args.pretrained}), {platform.processor() or platform.machine()}, "
                      f"torch threads {args.threads}, {time.strftime('%Y-%m-%d %H:%M')}, "
-                     f"{time.perf_counter() - started:.0f} s in all\n\n{table(rows)}\n")
+                     f"{time.perf_counter() - started:.0f} s in all\n\n{table(rows)}\n\n{summary(rows)}\n")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

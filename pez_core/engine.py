@@ -301,7 +301,7 @@ class _Run:
         """The polishing stage (``pez_core.polish``) on each problem's best string, within the time budget."""
         found = polish_prompts(self.scorer, [r.prompt for r in results], self.config.polish,
                                deadline=watch.deadline, target_similarity=self.config.target_similarity,
-                               report=watch.polishing)
+                               report=watch.polishing, seed=self.config.seed)
         seconds = time.perf_counter() - started
         return [dataclasses.replace(r, prompt=f.prompt, token_ids=f.token_ids,
                                     similarity=clamp_similarity(f.similarity), seconds=seconds,

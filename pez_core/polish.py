@@ -5,7 +5,10 @@ PEZ ends at its best projection; from there single-token changes, scored in larg
 - *swap*: one backward pass gives the gradient of the gain at the hard prompt's embeddings; the
   first-order gain of token v at position i is <grad_i, e_v - e_i>. The best allowed tokens per position
   make single-swap candidates; the improving ones are also tried together; the best string is kept;
-  a few rounds, or until no swap improves.
+  a few rounds, or until no swap improves. Then the later half of each prompt is redrawn at random and
+  swapped again, ``SWAP_REDRAWS`` times, and the better prompt kept: on a causal text tower the early
+  tokens shape every later position, PEZ tends to find them first, and a later half that no single swap
+  can improve is escaped this way (benchmarks/README.md, planted prompts).
 - *prune*: drop tokens whose removals cost at most ``PRUNE_BUDGET`` of the similarity in total
   (repeated tokens first when they do not pay), so prompts lose filler and stray words.
 
@@ -35,6 +38,8 @@ SWAP_PER_POSITION = 8     # gradient-ranked tokens tried at each position per ro
 SWAP_WIDE = 4             # a round that finds nothing is retried once with this many times more tokens
 SWAP_ROUNDS = 32          # at most; a prompt stops swapping when even a wide round finds nothing
 SWAP_COMBINE = 4          # the best improving single swaps (at distinct positions) are also tried together
+SWAP_REDRAWS = 4          # times the later half is redrawn and swapped again once swaps stop improving
+REDRAW_SHARE = 0.5        # of the prompt's tokens, the last ones redrawn
 PRUNE_BUDGET = 0.01       # total share of the similarity that pruning may spend
 TEXTS_PER_BATCH = {"cpu": 64, "other": 1024}  # strings per scoring call; a stop is seen between calls
 IMPROVEMENT = 1e-6        # a swap must gain more than this (float noise of a re-encoded string)
@@ -58,17 +63,19 @@ class _Stop(Exception):
 
 def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
                    deadline: float | None = None, target_similarity: float | None = None,
-                   report: Report | None = None, floor: Sequence[float] | None = None) -> list[Polished]:
+                   report: Report | None = None, floor: Sequence[float] | None = None,
+                   seed: int = 0) -> list[Polished]:
     """Polish one prompt per problem of ``scorer`` (``prompts[p]`` for problem p).
 
     The result never has a lower gain than ``floor`` (default: the gain of the prompt it starts from).
     ``deadline`` is a ``time.perf_counter()`` time; by then polishing returns its best so far, as it
     does when ``report`` returns True. Problems whose similarity reaches ``target_similarity`` are not
-    swapped further (pruning still runs: it never goes below where polishing started).
+    swapped further (pruning still runs: it never goes below where polishing started). ``seed`` draws
+    the redrawn tokens.
     """
     if mode not in POLISH_MODES:
         raise ValueError(f"unknown polish mode {mode!r}; choose one of {', '.join(POLISH_MODES)}")
-    work = _Polisher(scorer, deadline, target_similarity, report)
+    work = _Polisher(scorer, deadline, target_similarity, report, seed)
     work.start(list(prompts))
     if floor is not None:
         work.floor = [float(f) for f in floor]
@@ -79,23 +86,34 @@ def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
             work.prune()
     except _Stop:
         log.info("polishing stopped early (time budget or stop request); keeping the best prompts so far")
-    return work.best
+    return work.result()
 
 
 class _Polisher:
-    def __init__(self, scorer: Scorer, deadline: float | None, target: float | None, report: Report | None):
+    def __init__(self, scorer: Scorer, deadline: float | None, target: float | None, report: Report | None,
+                 seed: int = 0):
         self.scorer, self.deadline, self.target, self.report = scorer, deadline, target, report
         self.batch = TEXTS_PER_BATCH["cpu" if scorer.device.type == "cpu" else "other"]
-        self.best: list[Polished] = []
+        self.generator = torch.Generator().manual_seed(seed)
+        self.best: list[Polished] = []    # where the search is, per problem
+        self.held: list[Polished] = []    # while a redraw is searched: the best before it
+        self.kept: dict[int, int] = {}    # while a redraw is searched: leading tokens not swapped, per problem
         self.floor: list[float] = []
+
+    def result(self) -> list[Polished]:
+        """The best prompt per problem: the search's, or the one held while a redraw is searched."""
+        if not self.held:
+            return self.best
+        return [b if b.gain > h.gain else h for b, h in zip(self.best, self.held)]
 
     # --- scoring ---------------------------------------------------------------------------------
     def check(self) -> None:
         if self.deadline is not None and time.perf_counter() >= self.deadline:
             raise _Stop
-        if self.report is not None and self.report([b.prompt for b in self.best],
-                                                   [b.similarity for b in self.best]):
-            raise _Stop
+        if self.report is not None:
+            best = self.result()
+            if self.report([b.prompt for b in best], [b.similarity for b in best]):
+                raise _Stop
 
     def score(self, texts: list[str], problems: list[int]) -> tuple[list[float], list[float]]:
         """(gain, similarity) of strings for their problems, in batches; a stop between batches keeps what
@@ -128,7 +146,44 @@ class _Polisher:
 
     # --- swap --------------------------------------------------------------------------------------
     def swap(self) -> None:
-        narrow, wide = set(range(len(self.best))), set()
+        """Swaps until none improves; then, ``SWAP_REDRAWS`` times, swaps from a redrawn later half."""
+        self.swap_from(set(range(len(self.best))))
+        for redraw in range(SWAP_REDRAWS):
+            problems = self.redraw()
+            if not problems:
+                return
+            try:
+                self.swap_from(problems)
+            finally:
+                gained = sum(b.gain > h.gain for b, h in zip(self.best, self.held))
+                self.best, self.held, self.kept = self.result(), [], {}
+                log.debug("redraw %d: %d of %d prompts improved", redraw + 1, gained, len(problems))
+
+    def redraw(self) -> set[int]:
+        """Hold the best prompts and start the search anew from each with its later half redrawn at random
+        (problems that reached the target are left alone); the problems redrawn."""
+        self.check()
+        allowed, texts, problems = self.scorer.allowed.cpu(), [], []
+        for p, b in enumerate(self.best):
+            if self.target is not None and b.similarity >= self.target:
+                continue
+            drawn = math.ceil(len(b.token_ids) * REDRAW_SHARE)
+            fresh = allowed[torch.randint(len(allowed), (drawn,), generator=self.generator)].tolist()
+            text = self.scorer.decode(b.token_ids[:len(b.token_ids) - drawn] + fresh)
+            if text.strip() and self.scorer.tokenize(text):
+                texts.append(text)
+                problems.append(p)
+                self.kept[p] = len(b.token_ids) - drawn
+        self.held = list(self.best)
+        if texts:
+            gains, sims = self.scorer.score_texts(texts, torch.tensor(problems, device=self.scorer.device))
+            for p, text, gain, sim in zip(problems, texts, gains.tolist(), sims.tolist()):
+                self.keep(p, text, gain, sim)
+        return set(problems)
+
+    def swap_from(self, problems: set[int]) -> None:
+        """Rounds of swaps for ``problems`` until none improves (a narrow miss is retried wide)."""
+        narrow, wide = set(problems), set()
         for round_ in range(SWAP_ROUNDS):
             reached = {p for p in narrow | wide if self.target is not None and self.best[p].similarity >= self.target}
             narrow, wide = narrow - reached, wide - reached
@@ -199,7 +254,7 @@ class _Polisher:
                 gain, _ = scorer.gains(prompt, torch.tensor(group, device=scorer.device))
                 grad, = torch.autograd.grad(gain.sum(), prompt)
             for p, g, row_ids in zip(group, grad.detach(), ids):
-                out[p] = self.best_moves(g, row_ids, keys, per_position)
+                out[p] = [(i, v) for i, v in self.best_moves(g, row_ids, keys, per_position) if i >= self.kept.get(p, 0)]
         return out
 
     def best_moves(self, grad: torch.Tensor, ids: torch.Tensor, keys: torch.Tensor, per_position: int):

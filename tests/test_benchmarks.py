@@ -164,6 +164,18 @@ def test_planted_benchmark_writes_each_row_as_it_is_measured(checkpoint, tmp_pat
     assert all(r["goal_string"] == pytest.approx(string + (1 - string) / 2) for r in lines[2:4])
     assert lines[4]["reached"] == (lines[4]["similarity"] >= reference)
     assert done.stdout.count("| 1 | ") == 5  # the table at the end holds the same rows
+    assert "polish prune: half the reference's gap met in " in done.stdout
+
+
+def test_planted_benchmark_runs_the_engine_once_per_engine_seed(checkpoint, tmp_path):
+    results = tmp_path / "planted.jsonl"
+    done = run_script("benchmarks/planted.py", "--model", str(checkpoint), "--seeds", "1", "--length", "4",
+                      "--reference-steps", "3", "--budget-steps", "3", "--polish", "off", "--engine-seeds", "5", "6",
+                      "--results", str(results))
+    engine = [r for r in records(results) if "goal" in r]
+    assert [r["engine_seed"] for r in engine] == [5, 6] and all(r["seed"] == 1 for r in engine)
+    met = sum(r["similarity"] >= r["goal"] for r in engine)
+    assert f"polish off: half the reference's gap met in {met} of 2 runs" in done.stdout
 
 
 def test_polish_modes_benchmark_polishes_the_same_prompts():

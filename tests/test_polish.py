@@ -42,6 +42,45 @@ class BagOfWords(Scorer):
         return self.model.tokenize(text)
 
 
+class Lock(Scorer):
+    """A local optimum no single swap leaves: "red circle big big" scores 0.7; the best, "red circle star on",
+    scores 1.2, but each of its two later words alone (0.5) scores below "big big" (0.5 + the prefix).
+    Any later half redrawn at random but "big big" leads there by single swaps."""
+
+    WORDS = "red, circle, star, on, big"
+
+    def __init__(self, model):
+        self.model, self.device, self.problems = model, torch.device("cpu"), 1
+        self.table = torch.randn(49408, 8, generator=torch.Generator().manual_seed(0))
+        self.allowed = pez_core.allowed_token_ids(model.tokenizer, "words", allowlist=self.WORDS)
+
+    def value(self, words: list[str]) -> float:
+        prefix = 0.1 * sum(a == b for a, b in zip(words[:2], ["red", "circle"]))
+        later = tuple(words[2:4])
+        if later == ("star", "on"):
+            return prefix + 1.0
+        if later == ("big", "big"):
+            return prefix + 0.5
+        return prefix + 0.3 * (later[:1] == ("star",) or later[1:2] == ("on",))
+
+    def gains(self, prompts, problems):  # prompts here are rows of the table: read back which
+        keys = self.table[self.allowed]
+        ids = self.allowed[(prompts @ keys.T).argmax(-1)]
+        values = torch.tensor([self.value(self.model.decode(row).split()) for row in ids.tolist()])
+        gain = values + 0 * prompts.sum((1, 2))  # differentiable, with a zero gradient: every move is tried
+        return gain, gain
+
+    def score_texts(self, texts, problems):
+        values = torch.tensor([self.value(t.split()) for t in texts])
+        return values, values
+
+    def decode(self, ids):
+        return self.model.decode(ids)
+
+    def tokenize(self, text):
+        return self.model.tokenize(text)
+
+
 def _gain(model, objective, text: str) -> float:
     scorer = pez_core.ClipScorer(model, objective)
     return float(scorer.score_texts([text], torch.tensor([0]))[0][0])
@@ -104,6 +143,22 @@ def test_swap_reaches_the_optimum_of_a_bag_of_words(model):
     assert sorted(done.prompt.split()) == sorted("red circle on star".split())
     [swapped] = pez_core.polish_prompts(scorer, ["big big big big big"], "swap")  # swaps keep the length
     assert len(swapped.token_ids) == 5 and swapped.gain > 0.9
+
+
+def test_a_redrawn_later_half_leaves_a_local_optimum_of_single_swaps(model, monkeypatch):
+    scorer = Lock(model)
+    shown = []
+
+    def report(prompts, similarities):
+        shown.append(similarities[0])
+
+    [done] = pez_core.polish_prompts(scorer, ["red circle big big"], "swap", report=report, seed=3)
+    assert done.prompt == "red circle star on" and done.similarity == pytest.approx(1.2)
+    # while a redrawn prompt is searched, progress shows the best held, never the worse redrawn one
+    assert shown[0] == pytest.approx(0.7) and shown == sorted(shown)
+    monkeypatch.setattr(polish_module, "SWAP_REDRAWS", 0)
+    [stuck] = pez_core.polish_prompts(scorer, ["red circle big big"], "swap")
+    assert stuck.prompt == "red circle big big"
 
 
 def test_time_budget_ends_a_long_run_with_its_best(model):
