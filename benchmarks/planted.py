@@ -13,6 +13,7 @@ counts; the engine with its defaults and ``time_budget`` = a share (a tenth) of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -63,6 +64,17 @@ def engine(model, target, planted, config: pez_core.PezConfig, method: str) -> d
                unpolished=result.unpolished_similarity)
 
 
+@contextlib.contextmanager
+def swap_redraws(count: int | None):
+    """Polishing with another number of redraws than the engine's (None: the engine's)."""
+    default = pez_core.polish.SWAP_REDRAWS
+    pez_core.polish.SWAP_REDRAWS = default if count is None else count
+    try:
+        yield
+    finally:
+        pez_core.polish.SWAP_REDRAWS = default
+
+
 def one_planted(model, args, seed: int, emit) -> list[dict]:
     ids = planted_ids(model, args.length, seed)
     text = model.decode(ids)
@@ -85,13 +97,15 @@ def one_planted(model, args, seed: int, emit) -> list[dict]:
     budget = args.budget_share * at["seconds"]
     engine_seeds = args.engine_seeds or [seed]
     base = pez_core.PezConfig(prompt_len=len(ids), seed=engine_seeds[0], restarts=args.restarts)
-    for polish in args.polish:
+    for polish, redraws in [(p, n) for p in args.polish for n in args.swap_redraws or [None]]:
         for engine_seed in engine_seeds:
             config = dataclasses.replace(base, time_budget=budget, polish=polish, seed=engine_seed)
-            label = f"engine, {budget:.1f} s budget, polish {polish}" + (
+            mode = polish if redraws is None else f"{polish} ({redraws} redraws)"
+            label = f"engine, {budget:.1f} s budget, polish {mode}" + (
                 f", engine seed {engine_seed}" if args.engine_seeds else "")
-            found = engine(model, target, ids, config, label)
-            rows.append(emit(found | {"polish": polish, "engine_seed": engine_seed, "goal": r + (1 - r) / 2,
+            with swap_redraws(redraws):
+                found = engine(model, target, ids, config, label)
+            rows.append(emit(found | {"polish": mode, "engine_seed": engine_seed, "goal": r + (1 - r) / 2,
                                       "goal_string": r_string + (1 - r_string) / 2}, text, seed))
     config = dataclasses.replace(base, time_budget=at["seconds"], target_similarity=min(1.0, r))
     found = engine(model, target, ids, config, f"engine, time to the reference's {r:.4f}")
@@ -146,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--polish", nargs="+", default=["swap+prune", "swap", "off"], choices=pez_core.POLISH_MODES)
     parser.add_argument("--engine-seeds", type=int, nargs="+",
                         help="run the engine once per seed (default: once, with the planted prompt's seed)")
+    parser.add_argument("--swap-redraws", type=int, nargs="+",
+                        help="polish once per count of later-half redraws (default: the engine's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model-seed", type=int, default=0,
                         help="seed of the random weights (the same model in every run and process)")
