@@ -136,6 +136,7 @@ class _Polisher:
         self.best = [Polished(t, self.scorer.tokenize(t), float(g), float(s))
                      for t, g, s in zip(prompts, gains.tolist(), sims.tolist())]
         self.floor = [b.gain for b in self.best]
+        self.longest = [len(b.token_ids) for b in self.best]  # polishing never lengthens a prompt
 
     def keep(self, p: int, text: str, gain: float, similarity: float) -> None:
         self.best[p] = Polished(text, self.scorer.tokenize(text), gain, similarity)
@@ -170,7 +171,7 @@ class _Polisher:
             drawn = math.ceil(len(b.token_ids) * REDRAW_SHARE)
             fresh = allowed[torch.randint(len(allowed), (drawn,), generator=self.generator)].tolist()
             text = self.scorer.decode(b.token_ids[:len(b.token_ids) - drawn] + fresh)
-            if text.strip() and self.scorer.tokenize(text):
+            if text.strip() and 0 < len(self.scorer.tokenize(text)) <= self.longest[p]:
                 texts.append(text)
                 problems.append(p)
                 self.kept[p] = len(b.token_ids) - drawn
@@ -205,7 +206,7 @@ class _Polisher:
                 texts.append(self.scorer.decode(_with(self.best[p].token_ids, {i: v})))
                 owner.append(p)
                 moves.append((i, v))
-        texts, owner, moves = _readable(self.scorer, texts, owner, moves, self.best)
+        texts, owner, moves = _readable(self.scorer, texts, owner, moves, self.best, self.longest)
         gains, sims = self.score(texts, owner)
         combos = self.combined(problems, owner, moves, gains)
         texts, owner, gains, sims = texts + combos[0], owner + combos[1], gains + combos[2], sims + combos[3]
@@ -234,7 +235,7 @@ class _Polisher:
                 if len(chosen) > 1:
                     texts.append(self.scorer.decode(_with(self.best[p].token_ids, chosen)))
                     who.append(p)
-        texts, who, _ = _readable(self.scorer, texts, who, [None] * len(texts), self.best)
+        texts, who, _ = _readable(self.scorer, texts, who, [None] * len(texts), self.best, self.longest)
         if self.stopped or not texts:
             return [], [], [], []
         return (texts, who, *self.score(texts, who))
@@ -282,7 +283,7 @@ class _Polisher:
                     texts.append(self.scorer.decode(ids[:i] + ids[i + 1:]))
                     owner.append(p)
                     repeated.append(ids.count(ids[i]) > 1)
-            texts, owner, repeated = _readable(self.scorer, texts, owner, repeated, self.best)
+            texts, owner, repeated = _readable(self.scorer, texts, owner, repeated, self.best, self.longest)
             gains, sims = self.score(texts, owner)
             active = [p for p in active if self.prune_one(p, texts, owner, repeated, gains, sims, lowest[p])]
             self.raise_if_stopped()
@@ -311,11 +312,14 @@ def _position_in(allowed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return order[where]
 
 
-def _readable(scorer: Scorer, texts: list[str], owner: list[int], extra: list, best: list[Polished]):
-    """Drop candidates that decode to nothing or to the prompt they came from, and duplicates."""
+def _readable(scorer: Scorer, texts: list[str], owner: list[int], extra: list, best: list[Polished],
+              longest: list[int]):
+    """Drop candidates that decode to nothing or to the prompt they came from, duplicates, and those that
+    re-tokenize longer than the prompt polishing started from (pieces can merge and split anew)."""
     seen, keep = set(), []
     for j, (text, p) in enumerate(zip(texts, owner)):
-        if (p, text) in seen or text == best[p].prompt or not text.strip() or not scorer.tokenize(text):
+        if (p, text) in seen or text == best[p].prompt or not text.strip() \
+                or not 0 < len(scorer.tokenize(text)) <= longest[p]:
             continue
         seen.add((p, text))
         keep.append(j)
