@@ -6,7 +6,7 @@ PEZ ends at its best projection; from there single-token changes, scored in larg
   first-order gain of token v at position i is <grad_i, e_v - e_i>. The best allowed tokens per position
   make single-swap candidates; the improving ones are also tried together; the best string is kept;
   a few rounds, or until no swap improves. Then the later half of each prompt is redrawn at random and
-  swapped again, ``SWAP_REDRAWS`` times, and the better prompt kept: on a causal text tower the early
+  swapped again (there only), ``SWAP_REDRAWS`` times, and the better prompt kept: on a causal text tower the early
   tokens shape every later position, PEZ tends to find them first, and a later half that no single swap
   can improve is escaped this way (benchmarks/README.md, planted prompts).
 - *prune*: drop tokens whose removals cost at most ``PRUNE_BUDGET`` of the similarity in total
@@ -99,6 +99,7 @@ class _Polisher:
         self.held: list[Polished] = []    # while a redraw is searched: the best before it
         self.kept: dict[int, int] = {}    # while a redraw is searched: leading tokens not swapped, per problem
         self.floor: list[float] = []
+        self.longest: list[int] = []      # tokens of the prompts polishing started from: never exceeded
 
     def result(self) -> list[Polished]:
         """The best prompt per problem: the search's, or the one held while a redraw is searched."""
@@ -136,7 +137,7 @@ class _Polisher:
         self.best = [Polished(t, self.scorer.tokenize(t), float(g), float(s))
                      for t, g, s in zip(prompts, gains.tolist(), sims.tolist())]
         self.floor = [b.gain for b in self.best]
-        self.longest = [len(b.token_ids) for b in self.best]  # polishing never lengthens a prompt
+        self.longest = [len(b.token_ids) for b in self.best]
 
     def keep(self, p: int, text: str, gain: float, similarity: float) -> None:
         self.best[p] = Polished(text, self.scorer.tokenize(text), gain, similarity)
