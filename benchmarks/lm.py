@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pez_core import PezConfig
+from pez_core import POLISH_MODES, PezConfig
 from pez_core import lm as L
 from pez_core.lm_data import load_examples, parse_verbalizer
 
@@ -57,6 +57,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=L.DEMO_STEPS)
     parser.add_argument("--restarts", type=int, default=L.DEMO_RESTARTS)
     parser.add_argument("--random", type=int, default=8, help="random prompts per seed")
+    parser.add_argument("--polish", default=PezConfig.polish, choices=POLISH_MODES,
+                        help="after each PEZ run (default: the engine's, %(default)s)")
     parser.add_argument("--gpt2-large", help="local folder of GPT-2 Large (not measured without it)")
     parser.add_argument("--sst2", type=Path, help="local SST-2 validation file (.jsonl/.csv, text/label)")
     parser.add_argument("--json", type=Path, help="write every run here")
@@ -77,7 +79,8 @@ def main() -> int:
             rows.setdefault("random prompts", []).append(_score(lms, *args_t, scorer.decode(ids)))
         for weight in args.fluency:
             started = time.perf_counter()
-            config = PezConfig(prompt_len=L.DEFAULT_PROMPT_LEN, steps=args.steps, restarts=args.restarts, seed=seed)
+            config = PezConfig(prompt_len=L.DEFAULT_PROMPT_LEN, steps=args.steps, restarts=args.restarts, seed=seed,
+                               polish=args.polish)
             result = L.learn_prompt(lms[0], L.DEMO_TEMPLATE, L.DEMO_VERBALIZER, train, valid, config, fluency=weight)
             run = _score(lms, *args_t, result.prompt)
             run.update(seed=seed, fluency=weight, seconds=time.perf_counter() - started)

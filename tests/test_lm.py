@@ -281,7 +281,7 @@ def test_benchmark_script_runs_end_to_end(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(root)) if p)}
     done = subprocess.run([sys.executable, "benchmarks/lm.py", "--seeds", "0", "--fluency", "0", "1", "--steps", "3",
-                           "--restarts", "1", "--random", "2", "--json", str(tmp_path / "runs.json")],
+                           "--restarts", "1", "--random", "2", "--polish", "prune", "--json", str(tmp_path / "runs.json")],
                           cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
