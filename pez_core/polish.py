@@ -165,17 +165,17 @@ class _Polisher:
         """Hold the best prompts and start the search anew from each with its later half redrawn at random
         (problems that reached the target are left alone); the problems redrawn."""
         self.check()
-        allowed, texts, problems = self.scorer.allowed.cpu(), [], []
+        allowed, texts, problems, kept = self.scorer.allowed.cpu(), [], [], []
         for p, b in enumerate(self.best):
             if self.target is not None and b.similarity >= self.target:
                 continue
             drawn = math.ceil(len(b.token_ids) * REDRAW_SHARE)
             fresh = allowed[torch.randint(len(allowed), (drawn,), generator=self.generator)].tolist()
-            text = self.scorer.decode(b.token_ids[:len(b.token_ids) - drawn] + fresh)
-            if text.strip() and 0 < len(self.scorer.tokenize(text)) <= self.longest[p]:
-                texts.append(text)
-                problems.append(p)
-                self.kept[p] = len(b.token_ids) - drawn
+            texts.append(self.scorer.decode(b.token_ids[:len(b.token_ids) - drawn] + fresh))
+            problems.append(p)
+            kept.append(len(b.token_ids) - drawn)
+        texts, problems, kept = _readable(self.scorer, texts, problems, kept, self.best, self.longest)
+        self.kept = dict(zip(problems, kept))
         self.held = list(self.best)
         if texts:
             gains, sims = self.scorer.score_texts(texts, torch.tensor(problems, device=self.scorer.device))
