@@ -65,14 +65,14 @@ def engine(model, target, planted, config: pez_core.PezConfig, method: str) -> d
 
 
 @contextlib.contextmanager
-def swap_redraws(count: int | None):
-    """Polishing with another number of redraws than the engine's (None: the engine's)."""
-    default = pez_core.polish.SWAP_REDRAWS
-    pez_core.polish.SWAP_REDRAWS = default if count is None else count
+def kick_candidates(count: int | None):
+    """Polishing with another number of candidates per kick than the engine's (None: the engine's; 0: no kicks)."""
+    default = pez_core.polish.KICK_CANDIDATES
+    pez_core.polish.KICK_CANDIDATES = default if count is None else count
     try:
         yield
     finally:
-        pez_core.polish.SWAP_REDRAWS = default
+        pez_core.polish.KICK_CANDIDATES = default
 
 
 def one_planted(model, args, seed: int, emit) -> list[dict]:
@@ -97,13 +97,13 @@ def one_planted(model, args, seed: int, emit) -> list[dict]:
     budget = args.budget_share * at["seconds"]
     engine_seeds = args.engine_seeds or [seed]
     base = pez_core.PezConfig(prompt_len=len(ids), seed=engine_seeds[0], restarts=args.restarts)
-    for polish, redraws in [(p, n) for p in args.polish for n in args.swap_redraws or [None]]:
+    for polish, kicks in [(p, n) for p in args.polish for n in args.kick_candidates or [None]]:
         for engine_seed in engine_seeds:
             config = dataclasses.replace(base, time_budget=budget, polish=polish, seed=engine_seed)
-            mode = polish if redraws is None else f"{polish} ({redraws} redraws)"
+            mode = polish if kicks is None else f"{polish} ({kicks} kick candidates)"
             label = f"engine, {budget:.1f} s budget, polish {mode}" + (
                 f", engine seed {engine_seed}" if args.engine_seeds else "")
-            with swap_redraws(redraws):
+            with kick_candidates(kicks):
                 found = engine(model, target, ids, config, label)
             rows.append(emit(found | {"polish": mode, "engine_seed": engine_seed, "goal": r + (1 - r) / 2,
                                       "goal_string": r_string + (1 - r_string) / 2}, text, seed))
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--polish", nargs="+", default=["swap+prune", "swap", "off"], choices=pez_core.POLISH_MODES)
     parser.add_argument("--engine-seeds", type=int, nargs="+",
                         help="run the engine once per seed (default: once, with the planted prompt's seed)")
-    parser.add_argument("--swap-redraws", type=int, nargs="+",
-                        help="polish once per count of later-half redraws (default: the engine's)")
+    parser.add_argument("--kick-candidates", type=int, nargs="+",
+                        help="polish once per count of candidate tokens per kick (default: the engine's; 0: no kicks)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model-seed", type=int, default=0,
                         help="seed of the random weights (the same model in every run and process)")

@@ -109,8 +109,8 @@ def stopping_inputs() -> list[io.Input]:
         io.Combo.Input("polish", options=list(pez_core.POLISH_MODES), default=DEFAULTS.polish, optional=True,
                        tooltip=(
             "After the PEZ steps. swap+prune (default: named the object best at 3000 steps in our "
-            "measurements, with fewer words than swap) tries gradient-ranked token swaps (also from a redrawn later half "
-            "of the prompt, kept only when better), then drops tokens costing at most "
+            "measurements, with fewer words than swap) tries gradient-ranked token swaps (also after "
+            "trying another word at each position in turn, kept only when better), then drops tokens costing at most "
             f"{pez_core.polish.PRUNE_BUDGET:.0%} of the similarity in all; swap: swaps only; prune: drops only "
             "tokens that do not pay; off: PEZ's prompt as it is. Never scores below PEZ's own prompt.")),
         io.Float.Input("time_budget", default=0.0, min=0.0, max=TIME_BUDGET_MAX, step=1.0, optional=True, tooltip=(

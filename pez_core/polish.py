@@ -5,10 +5,11 @@ PEZ ends at its best projection; from there single-token changes, scored in larg
 - *swap*: one backward pass gives the gradient of the gain at the hard prompt's embeddings; the
   first-order gain of token v at position i is <grad_i, e_v - e_i>. The best allowed tokens per position
   make single-swap candidates; the improving ones are also tried together; the best string is kept;
-  a few rounds, or until no swap improves. Then the later half of each prompt is redrawn at random and
-  swapped again (there only), ``SWAP_REDRAWS`` times, and the better prompt kept: on a causal text tower the early
-  tokens shape every later position, PEZ tends to find them first, and a later half that no single swap
-  can improve is escaped this way (benchmarks/README.md, planted prompts).
+  a few rounds, or until no swap improves. Then each position in turn is *kicked*: its best other token
+  (of ``KICK_CANDIDATES`` gradient-ranked ones), even one that costs a little, is put there and the tokens
+  after it are swapped again; the better prompt is kept. On a causal text tower a token shapes every later
+  position, so the rest of a prompt is tuned to its early tokens, and a token that no single swap
+  improves may still be the wrong one; a kick is a cheap way out (benchmarks/README.md, planted prompts).
 - *prune*: drop tokens whose removals cost at most ``PRUNE_BUDGET`` of the similarity in total
   (repeated tokens first when they do not pay), so prompts lose filler and stray words.
 
@@ -38,8 +39,7 @@ SWAP_PER_POSITION = 8     # gradient-ranked tokens tried at each position per ro
 SWAP_WIDE = 4             # a round that finds nothing is retried once with this many times more tokens
 SWAP_ROUNDS = 32          # at most; a prompt stops swapping when even a wide round finds nothing
 SWAP_COMBINE = 4          # the best improving single swaps (at distinct positions) are also tried together
-SWAP_REDRAWS = 4          # times the later half is redrawn and swapped again once swaps stop improving
-REDRAW_SHARE = 0.5        # of the prompt's tokens, the last ones redrawn
+KICK_CANDIDATES = 64      # gradient-ranked tokens scored at a kicked position; the best one is put there
 PRUNE_BUDGET = 0.01       # total share of the similarity that pruning may spend
 TEXTS_PER_BATCH = {"cpu": 64, "other": 1024}  # strings per scoring call; a stop is seen between calls
 IMPROVEMENT = 1e-6        # a swap must gain more than this (float noise of a re-encoded string)
@@ -64,18 +64,18 @@ class _Stop(Exception):
 def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
                    deadline: float | None = None, target_similarity: float | None = None,
                    report: Report | None = None, floor: Sequence[float] | None = None,
-                   seed: int = 0) -> list[Polished]:
+                   kick_deadline: float | None = None) -> list[Polished]:
     """Polish one prompt per problem of ``scorer`` (``prompts[p]`` for problem p).
 
     The result never has a lower gain than ``floor`` (default: the gain of the prompt it starts from).
     ``deadline`` is a ``time.perf_counter()`` time; by then polishing returns its best so far, as it
     does when ``report`` returns True. Problems whose similarity reaches ``target_similarity`` are not
-    swapped further (pruning still runs: it never goes below where polishing started). ``seed`` draws
-    the redrawn tokens.
+    swapped further (pruning still runs: it never goes below where polishing started). A kick starts
+    only before ``kick_deadline`` (a ``time.perf_counter()`` time; None: no limit but ``deadline``).
     """
     if mode not in POLISH_MODES:
         raise ValueError(f"unknown polish mode {mode!r}; choose one of {', '.join(POLISH_MODES)}")
-    work = _Polisher(scorer, deadline, target_similarity, report, seed)
+    work = _Polisher(scorer, deadline, target_similarity, report, kick_deadline)
     work.start(list(prompts))
     if floor is not None:
         work.floor = [float(f) for f in floor]
@@ -91,18 +91,18 @@ def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
 
 class _Polisher:
     def __init__(self, scorer: Scorer, deadline: float | None, target: float | None, report: Report | None,
-                 seed: int = 0):
+                 kick_deadline: float | None = None):
         self.scorer, self.deadline, self.target, self.report = scorer, deadline, target, report
+        self.kick_deadline = kick_deadline
         self.batch = TEXTS_PER_BATCH["cpu" if scorer.device.type == "cpu" else "other"]
-        self.generator = torch.Generator().manual_seed(seed)
         self.best: list[Polished] = []    # where the search is, per problem
-        self.held: list[Polished] = []    # while a redraw is searched: the best before it
-        self.kept: dict[int, int] = {}    # while a redraw is searched: leading tokens not swapped, per problem
+        self.held: list[Polished] = []    # while a kick is searched: the best before it
+        self.kept: dict[int, int] = {}    # while a kick is searched: leading tokens not swapped, per problem
         self.floor: list[float] = []
         self.longest: list[int] = []      # tokens of the prompts polishing started from: never exceeded
 
     def result(self) -> list[Polished]:
-        """The best prompt per problem: the search's, or the one held while a redraw is searched."""
+        """The best prompt per problem: the search's, or the one held while a kick is searched."""
         if not self.held:
             return self.best
         return [b if b.gain > h.gain else h for b, h in zip(self.best, self.held)]
@@ -148,40 +148,48 @@ class _Polisher:
 
     # --- swap --------------------------------------------------------------------------------------
     def swap(self) -> None:
-        """Swaps until none improves; then, ``SWAP_REDRAWS`` times, swaps from a redrawn later half."""
+        """Swaps until none improves; then each position in turn is kicked, and a kick that pays is
+        followed by swaps everywhere again."""
         self.swap_from(set(range(len(self.best))))
-        for redraw in range(SWAP_REDRAWS):
-            problems = self.redraw()
-            if not problems:
+        kicked_positions = max(len(b.token_ids) for b in self.best) - 1 if KICK_CANDIDATES else 0
+        for position in range(kicked_positions):
+            if self.kick_deadline is not None and time.perf_counter() >= self.kick_deadline:
+                log.info("polishing: no time left for kicks after position %d", position)
                 return
+            problems = self.kick(position)
             try:
                 self.swap_from(problems)
             finally:
-                gained = sum(b.gain > h.gain for b, h in zip(self.best, self.held))
+                improved = {p for p in problems if self.best[p].gain > self.held[p].gain}
                 self.best, self.held, self.kept = self.result(), [], {}
-                log.debug("redraw %d: %d of %d prompts improved", redraw + 1, gained, len(problems))
+            log.debug("kick at position %d: %d of %d prompts improved", position, len(improved), len(problems))
+            self.swap_from(improved)
 
-    def redraw(self) -> set[int]:
-        """Hold the best prompts and start the search anew from each with its later half redrawn at random
-        (problems that reached the target are left alone); the problems redrawn."""
+    def kick(self, position: int) -> set[int]:
+        """Hold the best prompts and put at ``position`` of each its best other token, even a worse one; the
+        search then swaps only the tokens after it. Problems too short or at the target are left alone."""
         self.check()
-        allowed, texts, problems, kept = self.scorer.allowed.cpu(), [], [], []
-        for p, b in enumerate(self.best):
-            if self.target is not None and b.similarity >= self.target:
-                continue
-            drawn = math.ceil(len(b.token_ids) * REDRAW_SHARE)
-            fresh = allowed[torch.randint(len(allowed), (drawn,), generator=self.generator)].tolist()
-            texts.append(self.scorer.decode(b.token_ids[:len(b.token_ids) - drawn] + fresh))
-            problems.append(p)
-            kept.append(len(b.token_ids) - drawn)
-        texts, problems, kept = _readable(self.scorer, texts, problems, kept, self.best, self.longest)
-        self.kept = dict(zip(problems, kept))
+        problems = [p for p, b in enumerate(self.best) if len(b.token_ids) > position + 1
+                    and not (self.target is not None and b.similarity >= self.target)]
+        tokens = self.candidate_tokens(problems, KICK_CANDIDATES, only=position)
+        texts, owner = [], []
+        for p in problems:
+            for i, v in tokens[p]:
+                texts.append(self.scorer.decode(_with(self.best[p].token_ids, {i: v})))
+                owner.append(p)
+        texts, owner, _ = _readable(self.scorer, texts, owner, owner, self.best, self.longest)
+        gains, sims = self.score(texts, owner)
+        self.raise_if_stopped()
         self.held = list(self.best)
-        if texts:
-            gains, sims = self.scorer.score_texts(texts, torch.tensor(problems, device=self.scorer.device))
-            for p, text, gain, sim in zip(problems, texts, gains.tolist(), sims.tolist()):
-                self.keep(p, text, gain, sim)
-        return set(problems)
+        kicked = set()
+        for p in problems:
+            rows = [j for j, q in enumerate(owner) if q == p]
+            if rows:
+                j = max(rows, key=gains.__getitem__)
+                self.keep(p, texts[j], gains[j], sims[j])
+                kicked.add(p)
+        self.kept = {p: position + 1 for p in kicked}
+        return kicked
 
     def swap_from(self, problems: set[int]) -> None:
         """Rounds of swaps for ``problems`` until none improves (a narrow miss is retried wide)."""
@@ -241,9 +249,10 @@ class _Polisher:
             return [], [], [], []
         return (texts, who, *self.score(texts, who))
 
-    def candidate_tokens(self, problems: list[int], per_position: int) -> dict[int, list[tuple[int, int]]]:
-        """(position, token) pairs per problem: the allowed tokens of highest first-order gain at each position.
-        One backward per group of prompts of the same length."""
+    def candidate_tokens(self, problems: list[int], per_position: int,
+                         only: int | None = None) -> dict[int, list[tuple[int, int]]]:
+        """(position, token) pairs per problem: the allowed tokens of highest first-order gain at each position
+        (from ``self.kept``'s on, or at ``only``). One backward per group of prompts of the same length."""
         scorer, out = self.scorer, {}
         keys = scorer.table[scorer.allowed].float()
         by_length: dict[int, list[int]] = {}
@@ -256,7 +265,8 @@ class _Polisher:
                 gain, _ = scorer.gains(prompt, torch.tensor(group, device=scorer.device))
                 grad, = torch.autograd.grad(gain.sum(), prompt)
             for p, g, row_ids in zip(group, grad.detach(), ids):
-                out[p] = [(i, v) for i, v in self.best_moves(g, row_ids, keys, per_position) if i >= self.kept.get(p, 0)]
+                out[p] = [(i, v) for i, v in self.best_moves(g, row_ids, keys, per_position)
+                          if (i == only if only is not None else i >= self.kept.get(p, 0))]
         return out
 
     def best_moves(self, grad: torch.Tensor, ids: torch.Tensor, keys: torch.Tensor, per_position: int):

@@ -171,13 +171,14 @@ def test_planted_benchmark_runs_the_engine_once_per_engine_seed(checkpoint, tmp_
     results = tmp_path / "planted.jsonl"
     done = run_script("benchmarks/planted.py", "--model", str(checkpoint), "--seeds", "1", "--length", "4",
                       "--reference-steps", "3", "--budget-steps", "3", "--polish", "swap", "--engine-seeds", "5", "6",
-                      "--swap-redraws", "0", "2", "--results", str(results))
+                      "--kick-candidates", "0", "2", "--results", str(results))
     engine = [r for r in records(results) if "goal" in r]
     assert [(r["polish"], r["engine_seed"]) for r in engine] == [
-        ("swap (0 redraws)", 5), ("swap (0 redraws)", 6), ("swap (2 redraws)", 5), ("swap (2 redraws)", 6)]
+        ("swap (0 kick candidates)", 5), ("swap (0 kick candidates)", 6),
+        ("swap (2 kick candidates)", 5), ("swap (2 kick candidates)", 6)]
     assert all(r["seed"] == 1 for r in engine)
     met = sum(r["similarity"] >= r["goal"] for r in engine[2:])
-    assert f"polish swap (2 redraws): half the reference's gap met in {met} of 2 runs" in done.stdout
+    assert f"polish swap (2 kick candidates): half the reference's gap met in {met} of 2 runs" in done.stdout
 
 
 def test_polish_modes_benchmark_polishes_the_same_prompts():
