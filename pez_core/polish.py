@@ -154,7 +154,7 @@ class _Polisher:
         kicked_positions = max(len(b.token_ids) for b in self.best) - 1 if KICK_CANDIDATES else 0
         for position in range(kicked_positions):
             if self.kick_deadline is not None and time.perf_counter() >= self.kick_deadline:
-                log.info("polishing: no time left for kicks after position %d", position)
+                log.info("polishing: kick time spent after %d of %d positions", position, kicked_positions)
                 return
             problems = self.kick(position)
             try:
@@ -177,7 +177,7 @@ class _Polisher:
             for i, v in tokens[p]:
                 texts.append(self.scorer.decode(_with(self.best[p].token_ids, {i: v})))
                 owner.append(p)
-        texts, owner, _ = _readable(self.scorer, texts, owner, owner, self.best, self.longest)
+        texts, owner, _ = _readable(self.scorer, texts, owner, [None] * len(texts), self.best, self.longest)
         gains, sims = self.score(texts, owner)
         self.raise_if_stopped()
         self.held = list(self.best)
