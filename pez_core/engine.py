@@ -44,7 +44,8 @@ MEMORY_SHARE = 0.9               # of the free memory a run may plan to use
 # of a time budget, what the PEZ loop leaves to polishing: pruning alone needs little (measured: 17.6 of 34.8 s
 # went unused when it had half)
 POLISH_SHARE = {"off": 0.0, "prune": 0.1, "swap": 0.5, "swap+prune": 0.5}
-# polishing starts kicks (pez_core.polish) only until it has taken this share of the time the run took before it
+# without a time budget, polishing starts kicks (pez_core.polish) only until it has taken this share of the
+# time the run took before it
 KICK_TIME_SHARE = 1.0
 TARGET_MARGIN = 0.05             # strings are checked against a target once their ids' similarity is this close
 
@@ -302,9 +303,10 @@ class _Run:
     def polished(self, results: list[PezResult], watch: "_Watch", started: float) -> list[PezResult]:
         """The polishing stage (``pez_core.polish``) on each problem's best string, within the time budget."""
         now = time.perf_counter()
+        kick_deadline = None if watch.deadline is not None else now + KICK_TIME_SHARE * (now - started)
         found = polish_prompts(self.scorer, [r.prompt for r in results], self.config.polish,
                                deadline=watch.deadline, target_similarity=self.config.target_similarity,
-                               report=watch.polishing, kick_deadline=now + KICK_TIME_SHARE * (now - started))
+                               report=watch.polishing, kick_deadline=kick_deadline)
         seconds = time.perf_counter() - started
         return [dataclasses.replace(r, prompt=f.prompt, token_ids=f.token_ids,
                                     similarity=clamp_similarity(f.similarity), seconds=seconds,
