@@ -1,6 +1,8 @@
 """The polishing stage and the stopping rules: swaps, pruning, the floor, time and target, progress, cancel."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ import torch.nn.functional as F
 
 import pez_core
 from pez_core import Objective, PezConfig, PezError, Scorer
-from pez_core import polish as polish_module  # the module
+from pez_core import engine as engine_module, polish as polish_module  # the modules
 from helpers import planted_problem, write_tiny_checkpoint
 
 
@@ -212,3 +214,22 @@ def test_a_cancel_while_polishing_propagates(model):
 def test_bad_stopping_settings_are_clear_errors(config, message):
     with pytest.raises(PezError, match=message):
         config.validate()
+
+
+def test_kicks_get_the_loops_time_without_a_budget_and_all_of_a_budget(model, monkeypatch):
+    calls = []
+    polish = engine_module.polish_prompts
+
+    def recording(*args, **kwargs):
+        calls.append((time.perf_counter(), kwargs["kick_deadline"]))
+        return polish(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "polish_prompts", recording)
+    objective, _ = planted_problem(model, length=4, seed=2)
+    started = time.perf_counter()
+    pez_core.optimize(model, objective, PezConfig(prompt_len=4, steps=20))
+    pez_core.optimize(model, objective, PezConfig(prompt_len=4, steps=20, time_budget=600))
+    (called, kick_deadline), (_, with_budget) = calls
+    # without a budget: until polishing has taken as long as the run before it (which began after `started`)
+    assert called < kick_deadline <= called + engine_module.KICK_TIME_SHARE * (called - started)
+    assert with_budget is None  # the budget's own deadline ends the kicks
