@@ -37,6 +37,7 @@ from .engine import PezConfig, PezResult, search
 from .errors import ModelLoadError, PezError
 from .lm_data import Example, parse_verbalizer
 from .objective import free_memory
+from .polish import POLISH_MODES
 from .scorer import Scorer
 from .vocab import VOCAB_MODES, parse_words
 
@@ -495,6 +496,11 @@ def add_cli_arguments(sub) -> None:
     sub.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="training examples per step")
     sub.add_argument("--shots", type=int, help="few-shot: train on this many examples per label")
     sub.add_argument("--patience", type=int, help="stop after this many steps without improvement")
+    sub.add_argument("--polish", default=defaults.polish, choices=POLISH_MODES,
+                     help="after the PEZ loop: token swaps and/or pruning; never scores below PEZ's own prompt; "
+                          "on a CPU it can take several times the loop (default %(default)s)")
+    sub.add_argument("--time-budget", type=float, metavar="SECONDS",
+                     help="end the whole run, polishing included, by then and return the best prompt")
     sub.add_argument("--vocab", default=defaults.vocab, choices=VOCAB_MODES)
     sub.add_argument("--blocklist", help="comma-separated words the prompt must not use")
     sub.add_argument("--allowlist", help="comma-separated word bank: the only words the prompt may use")
@@ -533,7 +539,8 @@ def run_cli(args, callback=None) -> dict:
     valid = load_examples(args.valid, labels) if args.valid else None
     config = PezConfig(prompt_len=args.prompt_len, steps=args.steps or PezConfig.steps, restarts=args.restarts,
                        seed=args.seed, lr=args.lr, vocab=args.vocab, blocklist=args.blocklist,
-                       allowlist=args.allowlist, patience=args.patience)
+                       allowlist=args.allowlist, patience=args.patience, polish=args.polish,
+                       time_budget=args.time_budget)
     config.validate()
     lm = load_lm(args.lm, args.device, args.dtype, args.allow_download)
     result = learn_prompt(lm, args.template, args.verbalizer, train, valid, config, args.fluency, args.batch_size,
@@ -545,7 +552,8 @@ def run_cli(args, callback=None) -> dict:
     return {"prompt": result.prompt, "token_ids": result.token_ids, **report,
             "scored_on": "valid" if valid else "train",
             "fluency": args.fluency, "steps": result.steps, "seconds": round(result.seconds, 2),
-            "stopped_early": result.stopped_early, "transfer": transfer}
+            "stopped_early": result.stopped_early, "polish": config.polish,
+            "unpolished_prompt": result.unpolished_prompt, "transfer": transfer}
 
 
 class _Progress:

@@ -272,6 +272,22 @@ def test_cli_lm_reports_bad_input(tmp_path, caplog):
 
 
 @needs_demo
+def test_cli_lm_polishes_as_asked(capsys, caplog):
+    from pez_core.cli import main
+
+    rows = {}
+    for polish in ("off", "prune"):
+        assert main(["lm", "--demo", "--steps", "3", "--restarts", "1", "--polish", polish, "--json"]) == 0
+        rows[polish] = json.loads(capsys.readouterr().out)
+    assert rows["off"]["polish"] == "off" and rows["off"]["unpolished_prompt"] is None
+    pruned = rows["prune"]
+    assert pruned["unpolished_prompt"] == rows["off"]["prompt"]  # the same loop, then pruning
+    assert len(pruned["token_ids"]) <= len(rows["off"]["token_ids"])
+    assert main(["lm", "--demo", "--steps", "3", "--time-budget", "0"]) == 2
+    assert "time budget must be a number of seconds above 0" in caplog.text
+
+
+@needs_demo
 def test_benchmark_script_runs_end_to_end(tmp_path):
     """A few steps only: the script and its table, not the figures."""
     import os
