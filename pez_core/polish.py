@@ -156,21 +156,27 @@ class _Polisher:
             if self.kick_deadline is not None and time.perf_counter() >= self.kick_deadline:
                 log.info("polishing: kick time spent after %d of %d positions", position, kicked_positions)
                 return
-            problems = self.kick(position)
+            kickable = self.kickable(position)
+            if not kickable:  # too short or at the target here, so at every later position too
+                return
+            problems = self.kick(position, kickable)
             try:
                 self.swap_from(problems)
             finally:
-                improved = {p for p in problems if self.best[p].gain > self.held[p].gain}
+                improved = {p for p in problems if self.best[p].gain > self.held[p].gain + IMPROVEMENT}
                 self.best, self.held, self.kept = self.result(), [], {}
             log.debug("kick at position %d: %d of %d prompts improved", position, len(improved), len(problems))
             self.swap_from(improved)
 
-    def kick(self, position: int) -> set[int]:
-        """Hold the best prompts and put at ``position`` of each its best other token, even a worse one; the
-        search then swaps only the tokens after it. Problems too short or at the target are left alone."""
+    def kickable(self, position: int) -> list[int]:
+        """Problems with tokens after ``position`` that have not reached the target."""
+        return [p for p, b in enumerate(self.best) if len(b.token_ids) > position + 1
+                and not (self.target is not None and b.similarity >= self.target)]
+
+    def kick(self, position: int, problems: list[int]) -> set[int]:
+        """Hold the best prompts and put at ``position`` of each of ``problems`` its best other token, even a
+        worse one; the search then swaps only the tokens after it. The problems kicked."""
         self.check()
-        problems = [p for p, b in enumerate(self.best) if len(b.token_ids) > position + 1
-                    and not (self.target is not None and b.similarity >= self.target)]
         tokens = self.candidate_tokens(problems, KICK_CANDIDATES, only=position)
         texts, owner = [], []
         for p in problems:
