@@ -252,13 +252,81 @@ class PezModel:
             by_length.setdefault(len(chunk), []).append(j)  # one batch per length: no padding needed
         feats: list = [None] * len(chunks)
         for same_length in by_length.values():
-            for idx in _batched(same_length, TEXT_BATCH):
-                check_interrupt()  # a long text is many batches: Cancel is seen between them
-                for j, feat in zip(idx, self.encode_ids(torch.tensor([chunks[j] for j in idx]))):
-                    feats[j] = feat
+            for j, feat in zip(same_length, self._encode_same_length(torch.tensor([chunks[j] for j in same_length]))):
+                feats[j] = feat
         owner_t = torch.tensor(owner, device=self.device)
         summed = torch.zeros(len(texts), feats[0].shape[0], device=self.device).index_add_(0, owner_t, torch.stack(feats))
         return F.normalize(summed, dim=-1)
+
+    @torch.no_grad()
+    def _encode_same_length(self, ids: torch.Tensor) -> torch.Tensor:
+        """Features (N, D) of N prompts of one length (N, L), in batches of at most ``TEXT_BATCH``.
+
+        Candidate prompts mostly differ from one prompt in a token or two. Attention is causal, so the
+        leading tokens they share with the batch's most common prompt (the *consensus*) have the same
+        states in every row: those are computed once, and each row only runs its own tail through the
+        tower (``_encode_tails``).
+        """
+        ids = ids.to(self.device)
+        consensus = ids.mode(dim=0).values
+        shared = (ids == consensus).int().cumprod(dim=1).sum(dim=1)  # leading tokens each row shares with it
+        if not self._tails_supported:
+            shared.zero_()
+        order = torch.argsort(shared, descending=True, stable=True).tolist()
+        shared = shared.tolist()
+        starts = self._prefix_states(consensus) if self._tails_supported else None
+        feats: list = [None] * len(order)
+        while order:
+            rows, order = order[:TEXT_BATCH], order[TEXT_BATCH:]
+            check_interrupt()  # a long text is many batches: Cancel is seen between them
+            batch = ids[torch.tensor(rows, device=self.device)]
+            done = (self._encode_tails(batch, min(shared[r] for r in rows), starts) if starts is not None
+                    else self.encode_ids(batch))
+            for r, feat in zip(rows, done):
+                feats[r] = feat
+        return torch.stack(feats)
+
+    @property
+    def _tails_supported(self) -> bool:
+        """Whether the tower is made of open_clip's plain self-attention blocks, which ``_encode_tails``
+        drives through their own layers (anything else takes the plain forward)."""
+        from open_clip.transformer import ResidualAttentionBlock
+        tower = self.clip.transformer
+        return getattr(tower, "batch_first", False) and all(
+            type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv") and block.attn.batch_first
+            for block in tower.resblocks)
+
+    def _prefix_states(self, prompt: torch.Tensor) -> list[torch.Tensor]:
+        """The input of every block at the positions of ``[SOT] + prompt`` (L,): each (1, L + 1, d)."""
+        clip, n = self.clip, prompt.shape[0] + 1
+        x = self.token_embeddings[torch.cat([prompt.new_tensor([self.sot_id]), prompt])][None] + clip.positional_embedding[:n]
+        states = []
+        for block in clip.transformer.resblocks:
+            states.append(x)
+            x = block(x, attn_mask=clip.attn_mask[:n, :n])
+        return states
+
+    def _encode_tails(self, ids: torch.Tensor, shared: int, starts: list[torch.Tensor]) -> torch.Tensor:
+        """Normalised features of prompts (B, L) whose first ``shared`` tokens are those whose block inputs
+        ``starts`` holds: only the positions after them run through the tower, attending to the stored
+        start, and the last block computes the end-of-text position alone (the one the feature reads)."""
+        clip, table = self.clip, self.token_embeddings
+        k, n = shared + 1, ids.shape[1] + 2  # positions held (SOT and the shared tokens); all positions
+        tail = torch.cat([ids[:, shared:], ids.new_full((ids.shape[0], 1), self.eot_id)], dim=1)
+        x = table[tail] + clip.positional_embedding[k:n]
+        blocks = clip.transformer.resblocks
+        for i, block in enumerate(blocks):
+            keys = block.ln_1(torch.cat([starts[i][:, :k].expand(x.shape[0], -1, -1), x], dim=1))
+            query_from = k if i < len(blocks) - 1 else n - 1
+            if query_from > k:
+                x = x[:, query_from - k:]
+            x = x + block.ls_1(block.attention(q_x=keys[:, query_from:], k_x=keys, v_x=keys,
+                                               attn_mask=clip.attn_mask[query_from:n, :n]))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = clip.ln_final(x[:, -1])
+        proj = clip.text_projection
+        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+        return F.normalize(x.float(), dim=-1)
 
     # --- images ---------------------------------------------------------------
     def encode_images(self, images) -> torch.Tensor:
@@ -273,10 +341,6 @@ class PezModel:
         finally:
             visual.to(self._vision_device)
         return F.normalize(torch.cat(feats).float(), dim=-1)
-
-
-def _batched(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 # --- loading ---------------------------------------------------------------------------------------

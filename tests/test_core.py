@@ -24,6 +24,26 @@ def test_cut_at_eot_equals_encode_text(model):
         assert (model.encode_ids(ids) - encode_text_reference(model, ids)).abs().max() < 1e-5
 
 
+def test_candidates_sharing_a_start_encode_as_each_alone(model, monkeypatch):
+    """Rows that share leading tokens with the batch's consensus run only their tails through the tower;
+    every row must still get exactly its own feature, across batches whose shared starts differ."""
+    from pez_core import models
+    assert model._tails_supported  # open_clip's plain blocks: the shared-start path is the one under test
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randint(1, 49406, (6,), generator=gen)
+    rows = [base.clone()]
+    for position in range(6):  # candidates as polishing makes them: one token changed
+        for _ in range(2):
+            row = base.clone()
+            row[position] = int(torch.randint(1, 49406, (), generator=gen))
+            rows.append(row)
+    rows += [torch.randint(1, 49406, (6,), generator=gen) for _ in range(3)] + [base.clone()]
+    ids = torch.stack(rows)
+    monkeypatch.setattr(models, "TEXT_BATCH", 5)  # several batches, each with its own shared start
+    with torch.no_grad():
+        assert (model._encode_same_length(ids) - encode_text_reference(model, ids)).abs().max() < 1e-5
+
+
 def test_encode_texts_matches_open_clip_tokenizer(model):
     import open_clip
     tokens = open_clip.tokenize(["a red circle on a white background"])
