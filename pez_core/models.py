@@ -40,6 +40,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 MAX_PROMPT_TOKENS = 75  # CLIP's 77 positions minus start and end of text
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TEXT_BATCH = 256  # texts encoded at once: scoring thousands of candidate prompts stays within memory
+SHARED_STARTS = True  # texts sharing leading tokens run only their tails (False: the whole tower, to compare)
 # models kept loaded: two cover a workflow that alternates two CLIPs (e.g. SDXL's L and G encoders);
 # every further one would hold 0.6-10 GB of RAM that nothing uses
 MAX_CACHED_MODELS = 2
@@ -292,7 +293,7 @@ class PezModel:
         drives through their own layers (anything else takes the plain forward)."""
         from open_clip.transformer import ResidualAttentionBlock
         tower = self.clip.transformer
-        return getattr(tower, "batch_first", False) and all(
+        return SHARED_STARTS and getattr(tower, "batch_first", False) and all(
             type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv") and block.attn.batch_first
             for block in tower.resblocks)
 

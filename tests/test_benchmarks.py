@@ -129,6 +129,9 @@ def test_cpu_speed_script_runs(checkpoint):
     out = run_script("benchmarks/speed.py", "--model", str(checkpoint), "--steps", "3", "--restarts", "2").stdout
     assert re.search(r"speed-up of the engine over the reference loop \(1 restart, full vocab\): [\d.]+x", out)
     assert re.search(r"cost of 2 restarts over 1 restart \(full vocab\): [\d.]+x", out)
+    polished = re.search(r"polishing the words prompt .*: [\d.]+ s with shared starts, [\d.]+ s running every "
+                         r"candidate whole: [\d.]+x; same prompt: (yes|no) \(similarity ([\d.]+) / ([\d.]+)\)", out)
+    assert polished and abs(float(polished[2]) - float(polished[3])) < 1e-4
 
 
 def test_gpu_targets_are_judged_in_the_right_direction(monkeypatch):
