@@ -268,19 +268,16 @@ class PezModel:
         states in every row: those are computed once, and each row only runs its own tail through the
         tower (``_encode_tails``).
         """
-        ids = ids.to(self.device)
+        ids = ids.cpu()  # the grouping is bookkeeping (and torch.mode is not on every backend)
         consensus = ids.mode(dim=0).values
-        shared = (ids == consensus).int().cumprod(dim=1).sum(dim=1)  # leading tokens each row shares with it
-        if not self._tails_supported:
-            shared.zero_()
-        order = torch.argsort(shared, descending=True, stable=True).tolist()
-        shared = shared.tolist()
-        starts = self._prefix_states(consensus) if self._tails_supported else None
+        shared = (ids == consensus).int().cumprod(dim=1).sum(dim=1).tolist()  # leading tokens shared with it
+        starts = self._prefix_states(consensus.to(self.device)) if self._tails_supported else None
+        order = sorted(range(len(shared)), key=lambda r: -shared[r])  # batches of rows with long shared starts
         feats: list = [None] * len(order)
-        while order:
-            rows, order = order[:TEXT_BATCH], order[TEXT_BATCH:]
+        for first in range(0, len(order), TEXT_BATCH):
             check_interrupt()  # a long text is many batches: Cancel is seen between them
-            batch = ids[torch.tensor(rows, device=self.device)]
+            rows = order[first:first + TEXT_BATCH]
+            batch = ids[torch.tensor(rows)].to(self.device)
             done = (self._encode_tails(batch, min(shared[r] for r in rows), starts) if starts is not None
                     else self.encode_ids(batch))
             for r, feat in zip(rows, done):
