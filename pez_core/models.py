@@ -217,10 +217,7 @@ class PezModel:
         eot = table[self.eot_id].expand(prompt.shape[0], 1, -1)
         x = torch.cat([sot, prompt.to(table.dtype), eot], dim=1) + clip.positional_embedding[:n]
         x = clip.transformer(x, attn_mask=clip.attn_mask[:n, :n])
-        x = clip.ln_final(x[:, -1])
-        proj = clip.text_projection
-        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-        return F.normalize(x.float(), dim=-1)
+        return self._feature(x[:, -1])
 
     def encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Normalised features of prompts given as token ids (B, L), without SOT/EOT."""
@@ -263,23 +260,27 @@ class PezModel:
     def _encode_same_length(self, ids: torch.Tensor) -> torch.Tensor:
         """Features (N, D) of N prompts of one length (N, L), in batches of at most ``TEXT_BATCH``.
 
-        Candidate prompts mostly differ from one prompt in a token or two. Attention is causal, so the
-        leading tokens they share with the batch's most common prompt (the *consensus*) have the same
-        states in every row: those are computed once, and each row only runs its own tail through the
-        tower (``_encode_tails``).
+        Candidate prompts mostly differ from one prompt in a token or two. The *consensus* holds the most
+        common token at each position; attention is causal, so the tokens a row shares with the consensus
+        from its start have the same states in every such row. Those are computed once, and each batch
+        runs only its rows' tails through the tower (``_encode_tails``).
         """
         ids = ids.cpu()  # the grouping is bookkeeping (and torch.mode is not on every backend)
+        if not (SHARED_STARTS and self._tails_supported):
+            feats = []
+            for first in range(0, len(ids), TEXT_BATCH):
+                check_interrupt()  # a long text is many batches: Cancel is seen between them
+                feats.append(self.encode_ids(ids[first:first + TEXT_BATCH]))
+            return torch.cat(feats)
         consensus = ids.mode(dim=0).values
         shared = (ids == consensus).int().cumprod(dim=1).sum(dim=1).tolist()  # leading tokens shared with it
-        starts = self._prefix_states(consensus.to(self.device)) if self._tails_supported else None
-        order = sorted(range(len(shared)), key=lambda r: -shared[r])  # batches of rows with long shared starts
+        starts = self._prefix_states(consensus[:max(shared)].to(self.device))
+        order = sorted(range(len(shared)), key=lambda r: -shared[r])  # a batch runs from its shortest start
         feats: list = [None] * len(order)
         for first in range(0, len(order), TEXT_BATCH):
-            check_interrupt()  # a long text is many batches: Cancel is seen between them
+            check_interrupt()
             rows = order[first:first + TEXT_BATCH]
-            batch = ids[torch.tensor(rows)].to(self.device)
-            done = (self._encode_tails(batch, min(shared[r] for r in rows), starts) if starts is not None
-                    else self.encode_ids(batch))
+            done = self._encode_tails(ids[torch.tensor(rows)].to(self.device), min(shared[r] for r in rows), starts)
             for r, feat in zip(rows, done):
                 feats[r] = feat
         return torch.stack(feats)
@@ -290,7 +291,7 @@ class PezModel:
         drives through their own layers (anything else takes the plain forward)."""
         from open_clip.transformer import ResidualAttentionBlock
         tower = self.clip.transformer
-        return SHARED_STARTS and getattr(tower, "batch_first", False) and all(
+        return getattr(tower, "batch_first", False) and all(
             type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv") and block.attn.batch_first
             for block in tower.resblocks)
 
@@ -305,25 +306,29 @@ class PezModel:
         return states
 
     def _encode_tails(self, ids: torch.Tensor, shared: int, starts: list[torch.Tensor]) -> torch.Tensor:
-        """Normalised features of prompts (B, L) whose first ``shared`` tokens are those whose block inputs
-        ``starts`` holds: only the positions after them run through the tower, attending to the stored
-        start, and the last block computes the end-of-text position alone (the one the feature reads)."""
+        """Normalised features of prompts (B, L) whose first ``shared`` tokens are those of the prompt
+        ``starts`` was computed from: only the later positions run through the tower, attending to the
+        stored start as well, and the last block computes end-of-text alone (the feature is read there)."""
         clip, table = self.clip, self.token_embeddings
-        k, n = shared + 1, ids.shape[1] + 2  # positions held (SOT and the shared tokens); all positions
+        held, n = shared + 1, ids.shape[1] + 2  # positions taken from ``starts`` (SOT and the shared tokens); all
         tail = torch.cat([ids[:, shared:], ids.new_full((ids.shape[0], 1), self.eot_id)], dim=1)
-        x = table[tail] + clip.positional_embedding[k:n]
+        x = table[tail] + clip.positional_embedding[held:n]
         blocks = clip.transformer.resblocks
         for i, block in enumerate(blocks):
-            keys = block.ln_1(torch.cat([starts[i][:, :k].expand(x.shape[0], -1, -1), x], dim=1))
-            query_from = k if i < len(blocks) - 1 else n - 1
-            if query_from > k:
-                x = x[:, query_from - k:]
-            x = x + block.ls_1(block.attention(q_x=keys[:, query_from:], k_x=keys, v_x=keys,
+            normed = block.ln_1(torch.cat([starts[i][:, :held].expand(x.shape[0], -1, -1), x], dim=1))
+            query_from = held if i < len(blocks) - 1 else n - 1
+            x = x[:, query_from - held:]
+            x = x + block.ls_1(block.attention(q_x=normed[:, query_from:], k_x=normed, v_x=normed,
                                                attn_mask=clip.attn_mask[query_from:n, :n]))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
-        x = clip.ln_final(x[:, -1])
-        proj = clip.text_projection
-        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+        return self._feature(x[:, -1])
+
+    def _feature(self, end_of_text: torch.Tensor) -> torch.Tensor:
+        """The normalised text feature (B, D) from the tower's output at end-of-text (B, d)."""
+        x = self.clip.ln_final(end_of_text)
+        proj = self.clip.text_projection
+        if proj is not None:  # open_clip's proj_type "none" has no projection
+            x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
         return F.normalize(x.float(), dim=-1)
 
     # --- images ---------------------------------------------------------------

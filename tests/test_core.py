@@ -1,6 +1,8 @@
 """pez_core on tiny random-weight CLIPs: exactness, vocabulary, recovery, determinism, safety."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from pez_core import Objective, PezConfig, PezError
 from pez_core import objective as objective_module
 from pez_core.objective import ACTIVATION_ELEMENTS
 from pez_core.vocab import token_text
-from helpers import clip_run, encode_text_reference, kept_for_backward, planted_problem, write_tiny_checkpoint
+from helpers import TINY_CONFIG, clip_run, encode_text_reference, kept_for_backward, planted_problem, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +26,19 @@ def test_cut_at_eot_equals_encode_text(model):
         assert (model.encode_ids(ids) - encode_text_reference(model, ids)).abs().max() < 1e-5
 
 
-def test_candidates_sharing_a_start_encode_as_each_alone(model, monkeypatch):
-    """Rows that share leading tokens with the batch's consensus run only their tails through the tower;
-    every row must still get exactly its own feature, across batches whose shared starts differ."""
+@pytest.mark.parametrize("text_batch", [2, 5])
+@pytest.mark.parametrize("layer_scale", [None, 0.5])
+def test_candidates_sharing_a_start_encode_as_each_alone(model, monkeypatch, text_batch, layer_scale):
+    """Rows that share leading tokens with the consensus run only their tails through the tower; every row
+    must still get exactly its own feature, across batches whose shared starts differ (batches of 2 include
+    the consensus itself, whose tail is end-of-text alone), with and without layer scale."""
+    from open_clip.model import CLIP
     from pez_core import models
+    if layer_scale is not None:
+        config = copy.deepcopy(TINY_CONFIG)
+        config["text_cfg"]["ls_init_value"] = layer_scale
+        torch.manual_seed(0)
+        model = models.PezModel(CLIP(**config), "tiny with layer scale", torch.device("cpu"), torch.float32)
     assert model._tails_supported  # open_clip's plain blocks: the shared-start path is the one under test
     gen = torch.Generator().manual_seed(3)
     base = torch.randint(1, 49406, (6,), generator=gen)
@@ -39,7 +50,7 @@ def test_candidates_sharing_a_start_encode_as_each_alone(model, monkeypatch):
             rows.append(row)
     rows += [torch.randint(1, 49406, (6,), generator=gen) for _ in range(3)] + [base.clone()]
     ids = torch.stack(rows)
-    monkeypatch.setattr(models, "TEXT_BATCH", 5)  # several batches, each with its own shared start
+    monkeypatch.setattr(models, "TEXT_BATCH", text_batch)  # several batches, each with its own shared start
     with torch.no_grad():
         assert (model._encode_same_length(ids) - encode_text_reference(model, ids)).abs().max() < 1e-5
 

@@ -63,6 +63,20 @@ def test_cut_at_eot_on_device(model):
 
 
 @needs_cuda
+def test_shared_starts_on_device(model):
+    """Candidates scored from a shared start (``PezModel._encode_same_length``) match the whole tower."""
+    base = torch.randint(1, 49406, (16,))
+    ids = base.repeat(9, 1)
+    ids[torch.arange(8), torch.arange(8) * 2] = torch.randint(1, 49406, (8,))
+    with torch.no_grad():
+        shared, whole = model._encode_same_length(ids), encode_text_reference(model, ids.cuda()).float()
+    if model.dtype == torch.float32:
+        assert (shared - whole).abs().max() < 1e-5
+    else:  # bf16: other kernels, other rounding
+        assert (shared * whole).sum(-1).min() > 0.995
+
+
+@needs_cuda
 def test_planted_recovery_on_device(model):
     objective, random_best = planted_problem(model, length=8, seed=1)
     result = pez_core.optimize(model, objective, PezConfig(prompt_len=8, steps=400, restarts=8))[0]
