@@ -55,6 +55,20 @@ def test_candidates_sharing_a_start_encode_as_each_alone(model, monkeypatch, tex
         assert (model._encode_same_length(ids) - encode_text_reference(model, ids)).abs().max() < 1e-5
 
 
+def test_a_tower_without_text_projection_encodes():
+    """open_clip's ``proj_type="none"`` leaves no text projection: the feature is the normed end-of-text state."""
+    from open_clip.model import CLIP
+    config = copy.deepcopy(TINY_CONFIG)
+    config["text_cfg"]["proj_type"] = "none"
+    torch.manual_seed(0)
+    model = pez_core.models.PezModel(CLIP(**config), "tiny without projection", torch.device("cpu"), torch.float32)
+    assert model.clip.text_projection is None
+    ids = torch.randint(1, 49406, (3, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model.encode_ids(ids) - encode_text_reference(model, ids)).abs().max() < 1e-5
+        assert (model._encode_same_length(ids) - encode_text_reference(model, ids)).abs().max() < 1e-5
+
+
 def test_encode_texts_matches_open_clip_tokenizer(model):
     import open_clip
     tokens = open_clip.tokenize(["a red circle on a white background"])
