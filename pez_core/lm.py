@@ -90,6 +90,12 @@ class LanguageModel:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
+    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """``encode`` of each text, in one tokenizer call (scoring candidates fills thousands of templates)."""
+        filled = [t for t in texts if t]
+        ids = iter(self.tokenizer(filled, add_special_tokens=False)["input_ids"] if filled else [])
+        return [next(ids) if t else [] for t in texts]
+
     def hidden(self, embeds: torch.Tensor) -> torch.Tensor:
         """Last hidden states (B, T, D) of input embeddings (B, T, D), right padding needing no mask (causal)."""
         return self.model.base_model(inputs_embeds=embeds.to(self.model.dtype)).last_hidden_state
@@ -241,48 +247,64 @@ class Verbalizer:
         return torch.tensor([self.labels.index(e.label) for e in examples], device=self.member.device)
 
 
-def _string_sequence(lm: LanguageModel, template: Template, text: str, prompt: str) -> tuple[list[int], range]:
-    """The ids a user's tools read for the filled template (start token first), and where the prompt sits.
+def _string_sequences(lm: LanguageModel, template: Template, examples: Sequence[Example],
+                      prompts: Sequence[str]) -> list[tuple[list[int], range]]:
+    """Per prompt, per example: the ids a user's tools read for the filled template (start token first), and
+    where the prompt sits — between the head's and the tail's own tokens."""
+    parts = [template.parts(e.text) for e in examples]
+    edges = lm.encode_many([head.lstrip() for head, _, _ in parts] + [tail for _, _, tail in parts])
+    heads, tails = edges[:len(parts)], edges[len(parts):]
+    filled = lm.encode_many([template.fill(e.text, prompt) for prompt in prompts for e in examples])
+    sequences = []
+    for i, ids in enumerate(filled):
+        prompt, e = prompts[i // len(examples)], i % len(examples)
+        ids = [lm.start_id] + ids
+        sequences.append((ids, range(1 + len(heads[e]), len(ids) - len(tails[e])) if prompt else range(0)))
+    return sequences
 
-    The prompt's span is what lies between the head's and the tail's own tokens."""
-    head, _, tail = template.parts(text)
-    ids = [lm.start_id] + lm.encode(template.fill(text, prompt))
-    if not prompt:
-        return ids, range(0)
-    return ids, range(1 + len(lm.encode(head.lstrip())), len(ids) - len(lm.encode(tail)))
 
-
-@torch.no_grad()
 def evaluate_prompt(lm: LanguageModel, template: str | Template, verbalizer, examples: Sequence[Example],
                     prompt: str) -> PromptScore:
     """Accuracy, label loss and prompt perplexity of one prompt string (``""``: the template alone)."""
+    return evaluate_prompts(lm, template, verbalizer, examples, [prompt])[0]
+
+
+@torch.no_grad()
+def evaluate_prompts(lm: LanguageModel, template: str | Template, verbalizer, examples: Sequence[Example],
+                     prompts: Sequence[str]) -> list[PromptScore]:
+    """``evaluate_prompt`` of each prompt; one tokenizer call fills all the templates (polishing scores
+    dozens of candidates at once), and the sequences share batches of ``EVAL_BATCH``."""
     template = template if isinstance(template, Template) else Template(template)
     verbalizer = verbalizer if isinstance(verbalizer, Verbalizer) else Verbalizer(lm, verbalizer)
     if not examples:
         raise PezError("no examples to evaluate the prompt on")
-    sequences = [_string_sequence(lm, template, e.text, prompt) for e in examples]
-    for example, (ids, _) in zip(examples, sequences):
-        lm.check_length(len(ids), f"example {example.text[:60]!r}")
-    targets = verbalizer.targets(examples)
-    correct = loss = nll = 0.0
-    counted = 0
+    sequences = _string_sequences(lm, template, examples, prompts)
+    for i, (ids, _) in enumerate(sequences):
+        lm.check_length(len(ids), f"example {examples[i % len(examples)].text[:60]!r}")
+    targets = verbalizer.targets(examples).repeat(len(prompts))
+    owner = torch.arange(len(prompts), device=lm.device).repeat_interleave(len(examples))
+    correct, loss, nll, counted = (torch.zeros(len(prompts), device=lm.device) for _ in range(4))
     for first in range(0, len(sequences), EVAL_BATCH):
         chunk = sequences[first:first + EVAL_BATCH]
         hidden = _hidden_of_ids(lm, [ids for ids, _ in chunk])
         ends = torch.tensor([len(ids) - 1 for ids, _ in chunk], device=lm.device)
         scores = verbalizer.label_scores(lm.logits(hidden[torch.arange(len(chunk)), ends]))
-        target = targets[first:first + len(chunk)]
-        correct += float((scores.argmax(-1) == target).sum())
-        loss += float(F.cross_entropy(scores, target, reduction="sum"))
+        target, who = targets[first:first + len(chunk)], owner[first:first + len(chunk)]
+        correct.index_add_(0, who, (scores.argmax(-1) == target).float())
+        loss.index_add_(0, who, F.cross_entropy(scores, target, reduction="none"))
         rows = [(r, p) for r, (_, span) in enumerate(chunk) for p in span]
         if rows:
             row, pos = (torch.tensor(x, device=lm.device) for x in zip(*rows))
             wanted = torch.tensor([chunk[r][0][p] for r, p in rows], device=lm.device)
-            nll += float(F.cross_entropy(lm.logits(hidden[row, pos - 1]), wanted, reduction="sum"))
-            counted += len(rows)
-    mean_nll = nll / counted if counted else None
-    return PromptScore(correct / len(examples), loss / len(examples),
-                       math.exp(mean_nll) if mean_nll is not None else None, mean_nll)
+            token_nll = F.cross_entropy(lm.logits(hidden[row, pos - 1]), wanted, reduction="none")
+            nll.index_add_(0, who[row], token_nll)
+            counted.index_add_(0, who[row], torch.ones_like(token_nll))
+    scores = []
+    for c, l, n, k in zip(correct.tolist(), loss.tolist(), nll.tolist(), counted.tolist()):
+        mean_nll = n / k if k else None
+        scores.append(PromptScore(c / len(examples), l / len(examples),
+                                  math.exp(mean_nll) if mean_nll is not None else None, mean_nll))
+    return scores
 
 
 def _hidden_of_ids(lm: LanguageModel, sequences: list[list[int]]) -> torch.Tensor:
@@ -431,7 +453,7 @@ class LmScorer(Scorer):
 
     def score_texts(self, texts: Sequence[str], problems: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         examples = self.valid or self.train
-        scores = [evaluate_prompt(self.lm, self.template, self.verbalizer, examples, t) for t in texts]
+        scores = evaluate_prompts(self.lm, self.template, self.verbalizer, examples, texts)
         accuracy = torch.tensor([s.accuracy for s in scores])
         loss = torch.tensor([s.loss + self.fluency * (s.nll or 0.0) for s in scores])
         return accuracy - TIE_BREAK * loss / (1 + loss), accuracy

@@ -96,6 +96,20 @@ def test_prompt_nll_is_the_models_own_next_token_loss(tiny):
     assert L.evaluate_prompt(tiny, TEMPLATE, VERBALIZER, _examples(), "").perplexity is None
 
 
+def test_prompts_scored_together_score_as_each_alone(tiny, monkeypatch):
+    """Polishing scores many candidates at once: batches that mix several prompts' templates (and the
+    template alone) must give each prompt exactly its own accuracy, loss and perplexity."""
+    scorer = _scorer(tiny)
+    prompts = [scorer.decode(_words_prompt(scorer, n)) for n in (3, 1, 5)] + ["", "great"]
+    alone = [L.evaluate_prompt(tiny, TEMPLATE, VERBALIZER, _examples(), p) for p in prompts]
+    monkeypatch.setattr(L, "EVAL_BATCH", 7)  # batches that cut across prompts
+    together = L.evaluate_prompts(tiny, TEMPLATE, VERBALIZER, _examples(), prompts)
+    for a, t in zip(alone, together):
+        assert t.accuracy == pytest.approx(a.accuracy) and t.loss == pytest.approx(a.loss, rel=1e-5)
+        assert (t.nll is None) == (a.nll is None) and (a.nll is None or t.nll == pytest.approx(a.nll, rel=1e-5))
+    assert len({round(t.loss, 6) for t in together}) == len(prompts)  # the prompts do differ
+
+
 def test_straight_through_gradient_is_the_gradient_at_the_hard_prompt(tiny):
     scorer = _scorer(tiny, fluency=0.5)
     hard = scorer.table[torch.tensor(_words_prompt(scorer))].float()[None]
