@@ -299,12 +299,12 @@ def evaluate_prompts(lm: LanguageModel, template: str | Template, verbalizer, ex
             token_nll = F.cross_entropy(lm.logits(hidden[row, pos - 1]), wanted, reduction="none")
             nll.index_add_(0, who[row], token_nll)
             counted.index_add_(0, who[row], torch.ones_like(token_nll))
-    scores = []
+    results = []
     for c, l, n, k in zip(correct.tolist(), loss.tolist(), nll.tolist(), counted.tolist()):
         mean_nll = n / k if k else None
-        scores.append(PromptScore(c / len(examples), l / len(examples),
-                                  math.exp(mean_nll) if mean_nll is not None else None, mean_nll))
-    return scores
+        results.append(PromptScore(c / len(examples), l / len(examples),
+                                   math.exp(mean_nll) if mean_nll is not None else None, mean_nll))
+    return results
 
 
 def _hidden_of_ids(lm: LanguageModel, sequences: list[list[int]]) -> torch.Tensor:
