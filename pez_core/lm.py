@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .engine import PezConfig, PezResult, search
 from .errors import ModelLoadError, PezError
 from .lm_data import Example, parse_verbalizer
+from .models import MAX_PROMPT_TOKENS, resolve_device
 from .objective import free_memory
 from .polish import POLISH_MODES
 from .scorer import Scorer
@@ -117,22 +118,53 @@ def load_lm(name: str | Path, device: str = "auto", dtype: str = "float32",
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise PezError(INSTALL_HINT) from e
-    source = str(bundled_lm(str(name)) if bundled_lm(str(name)).is_dir() else name)
-    offline = not allow_download or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
     if dtype not in ("float32", "float16", "bfloat16"):
         raise PezError(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16")
+    target = resolve_device(device)  # before the weights: a missing GPU is reported at once
+    source, offline = _source(name, allow_download)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as e:
-        hint = "" if not offline else " (offline: give a local folder, or allow downloads)"
-        raise ModelLoadError(f"cannot load language model {name!r}{hint}: {str(e).splitlines()[0]}") from e
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          "cpu" if device == "auto" else device)
+        raise _load_error(name, source, offline, e) from e
     model = model.to(target).eval().requires_grad_(False)
     lm = LanguageModel(model, tokenizer, str(name))
     _check_logits(lm)
     return lm
+
+
+def check_lm(name: str | Path, allow_download: bool = False) -> None:
+    """Refuse a name or folder ``load_lm`` could not load, cheaply: its config only, no weights (the CLI
+    checks ``--eval-lm`` before training, not after it)."""
+    try:
+        from transformers import AutoConfig
+    except ImportError as e:
+        raise PezError(INSTALL_HINT) from e
+    source, offline = _source(name, allow_download)
+    path = Path(source)
+    if path.is_file():
+        raise ModelLoadError(f"language model {str(name)!r} is a file; give the model's folder (config.json, "
+                             "weights and tokenizer) or a Hugging Face name")
+    if not path.exists() and (path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1):
+        # a Hugging Face name is "name" or "owner/name": this can only be a folder, and it is not there
+        raise ModelLoadError(f"language model folder not found: {source}")
+    try:
+        AutoConfig.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError) as e:
+        raise _load_error(name, source, offline, e) from e
+
+
+def _source(name: str | Path, allow_download: bool) -> tuple[str, bool]:
+    """What ``from_pretrained`` reads for ``name`` (a bundled demo LM by its short name), and whether offline."""
+    bundled = bundled_lm(str(name))
+    offline = not allow_download or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    return str(bundled if bundled.is_dir() else name), offline
+
+
+def _load_error(name: str | Path, source: str, offline: bool, error: Exception) -> ModelLoadError:
+    # downloads would not help a local folder
+    hint = " (offline: give a local folder, or allow downloads)" if offline and not Path(source).is_dir() else ""
+    return ModelLoadError(f"cannot load language model {str(name)!r}{hint}: {str(error).splitlines()[0]}")
 
 
 @torch.no_grad()
@@ -481,10 +513,19 @@ def learn_prompt(lm: LanguageModel, template: str, verbalizer, train: Sequence[E
     accuracy (training accuracy without ``valid``). Projection, restarts, best tracking and stopping rules
     are the PEZ engine's."""
     config = config or PezConfig(prompt_len=DEFAULT_PROMPT_LEN)
-    config.validate()
+    _validate(config)
     scorer = LmScorer(lm, template, verbalizer, train, valid, fluency, batch_size, config.vocab, config.blocklist,
                       config.allowlist, config.seed)
     return search(scorer, config, callback)[0]
+
+
+def _validate(config: PezConfig) -> None:
+    """``config.validate()``, the prompt length first: the engine's message for it speaks of CLIP."""
+    n = config.prompt_len
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PROMPT_TOKENS:
+        raise PezError(f"prompt length must be an integer from 1 to {MAX_PROMPT_TOKENS} (the longest prompt the "
+                       f"PEZ engine learns), got {n!r}")
+    config.validate()
 
 
 def prompt_report(lm: LanguageModel, template: str, verbalizer, examples: Sequence[Example], prompt: str) -> dict:
@@ -516,7 +557,8 @@ def add_cli_arguments(sub) -> None:
     sub.add_argument("--seed", type=int, default=defaults.seed)
     sub.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s)")
     sub.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="training examples per step")
-    sub.add_argument("--shots", type=int, help="few-shot: train on this many examples per label")
+    sub.add_argument("--shots", type=int, help="few-shot: train on this many examples per label "
+                     "(default: every example)")
     sub.add_argument("--patience", type=int, help="stop after this many steps without improvement")
     sub.add_argument("--polish", default=defaults.polish, choices=POLISH_MODES,
                      help="after the PEZ loop: token swaps and/or pruning; never scores below PEZ's own prompt; "
@@ -526,7 +568,8 @@ def add_cli_arguments(sub) -> None:
     sub.add_argument("--vocab", default=defaults.vocab, choices=VOCAB_MODES)
     sub.add_argument("--blocklist", help="comma-separated words the prompt must not use")
     sub.add_argument("--allowlist", help="comma-separated word bank: the only words the prompt may use")
-    sub.add_argument("--eval-lm", action="append", default=[], help="also score the prompt on this LM (repeatable)")
+    sub.add_argument("--eval-lm", action="append", default=[],
+                     help="also score the prompt on this LM (repeatable; checked before training)")
     sub.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     sub.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     sub.add_argument("--allow-download", action="store_true", help="let Hugging Face download missing models")
@@ -546,31 +589,47 @@ def _demo_defaults(args) -> None:
     args.train = args.train or folder / "sentiment-train.jsonl"
     args.valid = args.valid or folder / "sentiment-valid.jsonl"
     args.template, args.verbalizer = args.template or DEMO_TEMPLATE, args.verbalizer or DEMO_VERBALIZER
-    args.steps, args.restarts = args.steps or DEMO_STEPS, args.restarts or DEMO_RESTARTS
+    # only when not given: 0 must reach validation and be refused, not become the default
+    args.steps = DEMO_STEPS if args.steps is None else args.steps
+    args.restarts = DEMO_RESTARTS if args.restarts is None else args.restarts
     args.eval_lm = args.eval_lm or [DEMO_TRANSFER_LM]
 
 
 def run_cli(args, callback=None) -> dict:
-    """The ``lm`` subcommand's result: the prompt, its accuracy and perplexity, and transfer to ``--eval-lm``."""
+    """The ``lm`` subcommand's result: the prompt, its accuracy and perplexity, and transfer to ``--eval-lm``
+    (``{"lm", "error"}`` for an LM that failed: the learned prompt is kept all the same)."""
     from .lm_data import few_shot, load_examples
 
     _demo_defaults(args)
     labels = list(parse_verbalizer(args.verbalizer))
+    if args.shots is not None and args.shots < 1:
+        raise PezError(f"--shots must be at least 1 example per label, got {args.shots}; "
+                       "omit it to train on every example")
     train = load_examples(args.train, labels)
-    train = few_shot(train, args.shots, args.seed) if args.shots else train
+    train = few_shot(train, args.shots, args.seed) if args.shots is not None else train
     valid = load_examples(args.valid, labels) if args.valid else None
-    config = PezConfig(prompt_len=args.prompt_len, steps=args.steps or PezConfig.steps, restarts=args.restarts,
-                       seed=args.seed, lr=args.lr, vocab=args.vocab, blocklist=args.blocklist,
-                       allowlist=args.allowlist, patience=args.patience, polish=args.polish,
-                       time_budget=args.time_budget)
-    config.validate()
+    config = PezConfig(prompt_len=args.prompt_len, steps=PezConfig.steps if args.steps is None else args.steps,
+                       restarts=args.restarts, seed=args.seed, lr=args.lr, vocab=args.vocab,
+                       blocklist=args.blocklist, allowlist=args.allowlist, patience=args.patience,
+                       polish=args.polish, time_budget=args.time_budget)
+    _validate(config)
+    for name in args.eval_lm:  # a typo must not cost a whole training run
+        check_lm(name, args.allow_download)
     lm = load_lm(args.lm, args.device, args.dtype, args.allow_download)
     result = learn_prompt(lm, args.template, args.verbalizer, train, valid, config, args.fluency, args.batch_size,
                           callback)
+    if hasattr(callback, "close"):
+        callback.close()  # training is over: what loading and scoring the LMs print goes below the bar
     examples = valid or train
     report = prompt_report(lm, args.template, args.verbalizer, examples, result.prompt)
-    transfer = [prompt_report(load_lm(name, args.device, args.dtype, args.allow_download), args.template,
-                              args.verbalizer, examples, result.prompt) for name in args.eval_lm]
+    transfer = []
+    for name in args.eval_lm:
+        try:
+            transfer.append(prompt_report(load_lm(name, args.device, args.dtype, args.allow_download),
+                                          args.template, args.verbalizer, examples, result.prompt))
+        except Exception as e:  # anything (even out of memory): the prompt is learned and must still be reported
+            log.debug("evaluation on %s failed", name, exc_info=True)
+            transfer.append({"lm": str(name), "error": str(e) or type(e).__name__})
     return {"prompt": result.prompt, "token_ids": result.token_ids, **report,
             "scored_on": "valid" if valid else "train",
             "fluency": args.fluency, "steps": result.steps, "seconds": round(result.seconds, 2),
@@ -579,32 +638,42 @@ def run_cli(args, callback=None) -> dict:
 
 
 class _Progress:
-    """tqdm on stderr: training-batch accuracy of the best prompt so far."""
+    """tqdm on stderr: training-batch accuracy of the best prompt so far. The bar opens at the first step, so
+    an error found before training is not printed after an empty bar."""
 
     def __init__(self, total: int):
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+        self.total, self.bar = total, None
 
     def __call__(self, progress) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total, file=sys.stderr, unit="step", dynamic_ncols=True)
         self.bar.update(progress.step - self.bar.n)
         self.bar.set_postfix_str(f"batch acc {progress.similarity:.2f} · {progress.prompt[:60]}")
 
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()  # ends its line: what is logged next starts on a line of its own
+            self.bar = None
+
 
 def main_cli(args) -> int:
-    """Run ``lm`` and print its result (JSON with ``--json``); 2 on bad input."""
+    """Run ``lm`` and print its result (JSON with ``--json``); 2 on bad input, also when an ``--eval-lm``
+    fails after training (the learned prompt is printed first)."""
     import json
 
-    bar = None
+    errors = logging.getLogger("pez_core")
     try:
         _demo_defaults(args)
-        bar = _Progress(args.steps or PezConfig.steps)
-        row = run_cli(args, bar)
+        bar = _Progress(PezConfig.steps if args.steps is None else args.steps)
+        try:
+            row = run_cli(args, bar)
+        finally:
+            bar.close()  # before any error is logged
     except PezError as e:
-        logging.getLogger("pez_core").error("%s", e)
+        errors.error("%s", e)
         return 2
-    finally:
-        if bar is not None:
-            bar.bar.close()
+    failed = [t for t in row["transfer"] if "error" in t]
     if args.json:
         sys.stdout.write(json.dumps(row) + "\n")
     else:
@@ -612,6 +681,9 @@ def main_cli(args) -> int:
         sys.stdout.write(f"{row['prompt']}\t(accuracy {row['valid_accuracy']:.3f}, template alone "
                          f"{row['template_accuracy']:.3f}, perplexity {ppl})\n")
         for t in row["transfer"]:
-            sys.stdout.write(f"  on {t['lm']}: accuracy {t['valid_accuracy']:.3f}, template alone "
+            sys.stdout.write(f"  on {t['lm']}: not scored (the error follows)\n" if "error" in t else
+                             f"  on {t['lm']}: accuracy {t['valid_accuracy']:.3f}, template alone "
                              f"{t['template_accuracy']:.3f}\n")
-    return 0
+    for t in failed:
+        errors.error("--eval-lm %s: %s", t["lm"], t["error"])
+    return 2 if failed else 0

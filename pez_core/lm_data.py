@@ -56,6 +56,8 @@ def load_examples(path: str | Path, labels: Iterable[str]) -> list[Example]:
     Files ending in ``.csv`` are read as CSV, everything else as JSONL."""
     path = Path(path)
     labels = list(labels)
+    if path.is_dir():
+        raise PezError(f"data file {path} is a directory; give a .csv or .jsonl file")
     if not path.is_file():
         raise PezError(f"data file not found: {path}")
     try:
