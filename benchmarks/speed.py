@@ -41,7 +41,7 @@ def polish_seconds(model, objective, prompt: str, shared_starts: bool):
     before, models.SHARED_STARTS = models.SHARED_STARTS, shared_starts
     try:
         started = time.perf_counter()
-        result = polish_prompts(ClipScorer(model, objective, "words"), [prompt], "swap+prune", kick_deadline=started)[0]
+        result = polish_prompts(ClipScorer(model, objective, "words"), [prompt], "swap+prune", kick_budget=0)[0]
         return time.perf_counter() - started, result
     finally:
         models.SHARED_STARTS = before

@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import PezError
 from .models import MAX_PROMPT_TOKENS, PezModel
@@ -39,14 +39,15 @@ MAX_RESTARTS = 64
 LR_RANGE = (0.001, 10.0)
 PROJECTION_SCORES_MAX = 1 << 26  # fp32 scores held at once by the projection (256 MiB)
 IMPROVEMENT = 1e-4               # a gain smaller than this does not reset the patience count
-SEED_MAX = 2**64 - 1             # what torch.Generator.manual_seed takes
+SEED_MAX = 2**64 - 1             # ComfyUI's seed widget allows this much; every seed gives its own start
 MEMORY_SHARE = 0.9               # of the free memory a run may plan to use
 # of a time budget, what the PEZ loop leaves to polishing: pruning alone needs little (measured: 17.6 of 34.8 s
 # went unused when it had half)
 POLISH_SHARE = {"off": 0.0, "prune": 0.1, "swap": 0.5, "swap+prune": 0.5}
-# without a time budget, polishing starts kicks (pez_core.polish) only until it has taken this share of the
-# time the run took before it
-KICK_TIME_SHARE = 1.0
+# without a time budget, polishing starts kicks (pez_core.polish) only until it has scored this many strings
+# per prompt the PEZ loop scored (steps x restarts x problems): work, not time, so a result never depends on how
+# busy the machine is (measured: benchmarks/README.md, "Kicks bounded by work")
+KICK_WORK_SHARE = 8.0
 TARGET_MARGIN = 0.05             # strings are checked against a target once their ids' similarity is this close
 
 
@@ -203,6 +204,12 @@ def check_memory(scorer: Scorer, config: PezConfig) -> None:
                    + " (or free memory)")
 
 
+def random_indices(seed: int, high: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Uniform indices below ``high`` from ``seed``. numpy's PCG64 takes all 64 bits of the seed; torch's CPU
+    generator keeps 32, so seeds s and s + 2**32 would start alike."""
+    return torch.from_numpy(np.random.default_rng(seed).integers(high, size=shape))
+
+
 def straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
     """``hard`` in the forward pass, the identity towards ``soft`` in the backward pass."""
     return soft + (hard - soft).detach()
@@ -222,8 +229,7 @@ class _Run:
 
         batch = self.problems * self.restarts
         self.problem_of_row = torch.arange(self.problems, device=self.device).repeat_interleave(self.restarts)
-        generator = torch.Generator().manual_seed(config.seed)
-        start = self.allowed.cpu()[torch.randint(len(self.allowed), (batch, config.prompt_len), generator=generator)]
+        start = self.allowed.cpu()[random_indices(config.seed, len(self.allowed), (batch, config.prompt_len))]
         self.soft_prompt = scorer.table[start.to(self.device)].float().clone().requires_grad_(True)
         self.soft_prompt.grad = torch.zeros_like(self.soft_prompt)
         # the learning rate is a tensor updated in place, so a schedule runs inside a CUDA graph too
@@ -302,11 +308,11 @@ class _Run:
 
     def polished(self, results: list[PezResult], watch: "_Watch", started: float) -> list[PezResult]:
         """The polishing stage (``pez_core.polish``) on each problem's best string, within the time budget."""
-        now = time.perf_counter()
-        kick_deadline = None if watch.deadline is not None else now + KICK_TIME_SHARE * (now - started)
+        loop_prompts = results[0].steps * self.problems * self.restarts
+        kick_budget = None if watch.deadline is not None else int(KICK_WORK_SHARE * loop_prompts)
         found = polish_prompts(self.scorer, [r.prompt for r in results], self.config.polish,
                                deadline=watch.deadline, target_similarity=self.config.target_similarity,
-                               report=watch.polishing, kick_deadline=kick_deadline)
+                               report=watch.polishing, kick_budget=kick_budget)
         seconds = time.perf_counter() - started
         return [dataclasses.replace(r, prompt=f.prompt, token_ids=f.token_ids,
                                     similarity=clamp_similarity(f.similarity), seconds=seconds,

@@ -10,6 +10,8 @@ PEZ ends at its best projection; from there single-token changes, scored in larg
   after it are swapped again; the better prompt is kept. On a causal text tower a token shapes every later
   position, so the rest of a prompt is tuned to its early tokens, and a token that no single swap
   improves may still be the wrong one; a kick is a cheap way out (benchmarks/README.md, planted prompts).
+  Without a time budget, kicks are bounded by work, not time: a kick starts only while polishing has
+  scored fewer strings than ``kick_budget``, so the result never depends on how busy the machine is.
 - *prune*: drop tokens whose removals cost at most ``PRUNE_BUDGET`` of the similarity in total
   (repeated tokens first when they do not pay), so prompts lose filler and stray words.
 
@@ -64,21 +66,19 @@ class _Stop(Exception):
 def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
                    deadline: float | None = None, target_similarity: float | None = None,
                    report: Report | None = None, floor: Sequence[float] | None = None,
-                   kick_deadline: float | None = None) -> list[Polished]:
+                   kick_budget: int | None = None) -> list[Polished]:
     """Polish one prompt per problem of ``scorer`` (``prompts[p]`` for problem p).
 
     The result never has a lower gain than ``floor`` (default: the gain of the prompt it starts from).
     ``deadline`` is a ``time.perf_counter()`` time; by then polishing returns its best so far, as it
     does when ``report`` returns True. Problems whose similarity reaches ``target_similarity`` are not
     swapped further (pruning still runs: it never goes below where polishing started). A kick starts
-    only before ``kick_deadline`` (a ``time.perf_counter()`` time; None: no limit but ``deadline``).
+    only while fewer than ``kick_budget`` strings have been scored (None: no limit but ``deadline``).
     """
     if mode not in POLISH_MODES:
         raise ValueError(f"unknown polish mode {mode!r}; choose one of {', '.join(POLISH_MODES)}")
-    work = _Polisher(scorer, deadline, target_similarity, report, kick_deadline)
-    work.start(list(prompts))
-    if floor is not None:
-        work.floor = [float(f) for f in floor]
+    work = _Polisher(scorer, deadline, target_similarity, report, kick_budget)
+    work.start(list(prompts), floor)
     try:
         if mode in ("swap", "swap+prune"):
             work.swap()
@@ -91,9 +91,11 @@ def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
 
 class _Polisher:
     def __init__(self, scorer: Scorer, deadline: float | None, target: float | None, report: Report | None,
-                 kick_deadline: float | None = None):
+                 kick_budget: int | None = None):
         self.scorer, self.deadline, self.target, self.report = scorer, deadline, target, report
-        self.kick_deadline = kick_deadline
+        self.kick_budget = kick_budget
+        self.scored = 0                   # strings scored so far: the work a kick budget counts
+        self.stopped = False              # a stop was seen between scoring batches
         self.batch = TEXTS_PER_BATCH["cpu" if scorer.device.type == "cpu" else "other"]
         self.best: list[Polished] = []    # where the search is, per problem
         self.held: list[Polished] = []    # while a kick is searched: the best before it
@@ -129,14 +131,14 @@ class _Polisher:
             rows = slice(start, start + self.batch)
             gain, sim = self.scorer.score_texts(texts[rows], torch.tensor(problems[rows], device=self.scorer.device))
             gains[rows], sims[rows] = gain.float().tolist(), sim.float().tolist()
+            self.scored += len(texts[rows])
         return gains, sims
 
-    def start(self, prompts: list[str]) -> None:
-        self.stopped = False
+    def start(self, prompts: list[str], floor: Sequence[float] | None) -> None:
         gains, sims = self.scorer.score_texts(prompts, torch.arange(len(prompts), device=self.scorer.device))
         self.best = [Polished(t, self.scorer.tokenize(t), float(g), float(s))
                      for t, g, s in zip(prompts, gains.tolist(), sims.tolist())]
-        self.floor = [b.gain for b in self.best]
+        self.floor = [b.gain for b in self.best] if floor is None else [float(f) for f in floor]
         self.longest = [len(b.token_ids) for b in self.best]
 
     def keep(self, p: int, text: str, gain: float, similarity: float) -> None:
@@ -153,8 +155,9 @@ class _Polisher:
         self.swap_from(set(range(len(self.best))))
         kicked_positions = max(len(b.token_ids) for b in self.best) - 1 if KICK_CANDIDATES else 0
         for position in range(kicked_positions):
-            if self.kick_deadline is not None and time.perf_counter() >= self.kick_deadline:
-                log.info("polishing: kick time spent after %d of %d positions", position, kicked_positions)
+            if self.kick_budget is not None and self.scored >= self.kick_budget:
+                log.info("polishing: kick budget (%d strings) spent after %d of %d positions", self.kick_budget,
+                         position, kicked_positions)
                 return
             kickable = self.kickable(position)
             if not kickable:  # too short or at the target here, so at every later position too

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -191,6 +193,29 @@ def test_same_seed_same_prompt(model):
     other = pez_core.distill(model, "a small green square", PezConfig(prompt_len=6, steps=40, seed=8, restarts=2))
     assert (first.prompt, first.token_ids) == (second.prompt, second.token_ids)
     assert other.prompt != first.prompt
+
+
+def test_a_slow_loop_gives_the_same_prompt(model):
+    """Without a time budget nothing depends on time: a PEZ loop slowed down, as on a busy machine, ends in
+    the same prompt, polishing included (polishing's kicks count strings scored, not seconds)."""
+    config = PezConfig(prompt_len=8, steps=40, seed=3)
+
+    def slow(progress):
+        if progress.stage == "pez":
+            time.sleep(0.1)
+
+    quick = pez_core.distill(model, "a small green square on a white background", config)
+    slowed = pez_core.distill(model, "a small green square on a white background", config, callback=slow)
+    assert (slowed.prompt, slowed.token_ids, slowed.similarity) == (quick.prompt, quick.token_ids, quick.similarity)
+
+
+def test_seeds_apart_by_2_to_the_32_start_apart(model):
+    """ComfyUI's seed widget allows 64 bits; a generator that keeps only 32 would give seed s and s + 2**32
+    one start (the loop's own prompt, before polishing, shows it)."""
+    config = PezConfig(prompt_len=6, steps=2, polish="off")
+    prompts = {pez_core.distill(model, "a red circle", dataclasses.replace(config, seed=seed)).prompt
+               for seed in (5, 5 + 2**32, 5 + 2**63)}
+    assert len(prompts) == 3
 
 
 def test_returned_prompt_is_tokenization_safe(model):
