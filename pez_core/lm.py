@@ -30,6 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -422,8 +423,8 @@ class LmScorer(Scorer):
             ids[r, :len(head)] = torch.tensor(head)
             slot[r, len(head):len(head) + L] = torch.arange(L) + 1  # 0 marks "not the prompt"
             ids[r, len(head) + L:len(head) + L + len(tail)] = torch.tensor(tail, dtype=torch.long)
-        generator = torch.Generator().manual_seed(self.seed)
-        order = torch.cat([torch.randperm(E, generator=generator) for _ in range(BATCH_CYCLE)])
+        rng = np.random.default_rng(self.seed)  # all 64 bits of the seed count (torch's CPU generator keeps 32)
+        order = torch.from_numpy(np.concatenate([rng.permutation(E) for _ in range(BATCH_CYCLE)]))
         batches = len(order) // self.batch_size
         order = order[:batches * self.batch_size].view(batches, self.batch_size)
         heads = torch.tensor([len(h) for h, _ in pieces])
