@@ -96,8 +96,10 @@ def blocklist_input() -> io.Input:
 def negative_inputs() -> list[io.Input]:
     return [
         io.Image.Input("negative_images", optional=True, tooltip=(
-            "Optional images the prompt should NOT describe: their features push the prompt away "
-            f"(weight {pez_core.DEFAULT_NEGATIVE_WEIGHT} each).")),
+            "Optional images the prompt should NOT describe: their features push the prompt away. Together "
+            "with negative_text they weigh "
+            f"{pez_core.DEFAULT_NEGATIVE_WEIGHT}: the similarity to the images minus "
+            f"{pez_core.DEFAULT_NEGATIVE_WEIGHT} x the mean similarity to the negatives, however many.")),
         io.String.Input("negative_text", multiline=True, default="", optional=True, tooltip=(
             "Optional text the prompt should move away from (e.g. 'blurry, watermark'). Empty: none.")),
     ]

@@ -109,6 +109,8 @@ def _local_preset_file(name: str) -> str | None:
 
 def resolve(name: str) -> str:
     """The name or path pez_core.load_model takes for a dropdown value; actionable errors otherwise."""
+    if not isinstance(name, str):
+        raise pez_core.PezError(not_a_name(name))
     if name in pez_core.PRESETS:
         return _local_preset_file(name) or name
     if name in bundled_models():
@@ -124,6 +126,12 @@ def resolve(name: str) -> str:
         f"model folder ({model_folders()}). Put the checkpoint there (with its open_clip config <name>.json "
         f"beside it, or a name starting with its architecture, e.g. ViT-L-14-openai.safetensors), then "
         f"refresh the browser (R), or choose one of: {', '.join(model_options())}")
+
+
+def not_a_name(value: Any) -> str:
+    """What to say when the model input is no text (e.g. ``"model": 42`` through the API)."""
+    return (f"model must be a model name (text), got {type(value).__name__} {repr(value)[:60]}; choose one of: "
+            f"{', '.join(model_options())}")
 
 
 class LoadModel(io.ComfyNode):
@@ -157,7 +165,8 @@ class LoadModel(io.ComfyNode):
         # Taking `model` here keeps ComfyUI (0.33+) from refusing an unknown name with a bare "not in list":
         # execute() says precisely what is missing and where it must go. Precision and device are checked in
         # execute, so that an error names only the input at fault (0.3.75 names every input taken here).
-        return True
+        # A value that is no text (42 through the API) is refused here, before anything runs; None: linked.
+        return True if model is None or isinstance(model, str) else not_a_name(model)
 
     @classmethod
     def fingerprint_inputs(cls, model: str, precision: str, device: str) -> Any:

@@ -17,7 +17,7 @@ from .errors import PezError
 from .joint import combine
 from .polish import POLISH_MODES
 from .models import DEFAULT_MODEL, MAX_PROMPT_TOKENS, PRECISIONS, available_models, load_model
-from .tasks import DEFAULT_NEGATIVE_WEIGHT
+from .tasks import DEFAULT_NEGATIVE_WEIGHT, check_negative_weight
 from .vocab import VOCAB_MODES
 
 log = logging.getLogger("pez_core")
@@ -27,6 +27,14 @@ DEFAULTS = PezConfig()
 def _auto_restarts() -> str:
     gpu, cpu = (DEFAULTS.for_device(torch.device(d)).restarts for d in ("cuda", "cpu"))
     return f"{gpu} on CUDA, {cpu} on CPU"
+
+
+def _negative_weight(text: str) -> float:
+    """--negative-weight, refused before any model loads: inf or nan would optimise nothing."""
+    try:
+        return check_negative_weight(float(text))
+    except ValueError as e:  # PezError is a ValueError too
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number >= 0") from e
 
 
 def _model_options() -> argparse.ArgumentParser:
@@ -69,8 +77,9 @@ def _optimisation_options() -> argparse.ArgumentParser:
                        help="stop as soon as the best prompt string reaches this similarity")
     optim.add_argument("--negative-text", action="append", default=[], help="text to push away from (repeatable)")
     optim.add_argument("--negative-image", action="append", default=[], type=Path, help="image to push away from")
-    optim.add_argument("--negative-weight", type=float, default=DEFAULT_NEGATIVE_WEIGHT,
-                       help="how hard each negative pushes away (default %(default)s)")
+    optim.add_argument("--negative-weight", type=_negative_weight, default=DEFAULT_NEGATIVE_WEIGHT,
+                       help="how hard the negatives push away, all together: the similarity to the images "
+                            "minus this times the mean similarity to the negatives (default %(default)s)")
     return optim
 
 

@@ -44,6 +44,8 @@ SHARED_STARTS = True  # texts sharing leading tokens run only their tails (False
 # models kept loaded: two cover a workflow that alternates two CLIPs (e.g. SDXL's L and G encoders);
 # every further one would hold 0.6-10 GB of RAM that nothing uses
 MAX_CACHED_MODELS = 2
+MAX_CONFIG_BYTES = 1 << 20  # an open_clip config is a few KB; a bigger "config" is another file
+MAX_CONFIG_DEPTH = 8  # open_clip nests 3 deep (e.g. vision_cfg.timm_kwargs)
 CONFIG_LIMITS = {"embed_dim": 8192, "width": 8192, "layers": 96, "heads": 128, "head_width": 1024,
                  "patch_size": 1024, "image_size": 4096, "mlp_ratio": 16}  # well above ViT-bigG's
 
@@ -119,7 +121,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except RuntimeError as e:
         raise PezError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise PezError("device 'cuda' was asked for but no CUDA GPU is available; use device auto or cpu")
+        raise PezError(f"device {str(device)!r} was asked for but no CUDA GPU is available; use device auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise PezError(f"device {str(device)!r} was asked for but this machine has {torch.cuda.device_count()} "
+                       "CUDA GPU(s), numbered from 0; use device auto, cuda or cpu")
     return device
 
 
@@ -483,10 +488,7 @@ def _from_checkpoint(path: Path) -> _Source:
 
     config_file = path.with_suffix(".json")
     if config_file.is_file():
-        try:
-            config = json.loads(config_file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelLoadError(f"cannot read the model config {config_file}: {e}") from e
+        config = _read_config(config_file)
         if isinstance(config, dict) and "embed_dim" in config:
             _check_config(config, config_file)
             return _Source(path.stem, bool(config.get("quick_gelu")), config, path)
@@ -503,15 +505,36 @@ def _from_checkpoint(path: Path) -> _Source:
     return _Source(arch, "openai" in path.stem, weights=path)  # OpenAI's weights were trained with QuickGELU
 
 
+def _read_config(config_file: Path):
+    """A checkpoint's JSON config, or a ModelLoadError naming the file and what to do."""
+    fix = "it must be an open_clip model config in UTF-8 JSON; replace or remove it"
+    try:
+        if config_file.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelLoadError(f"the model config {config_file} has {config_file.stat().st_size:,} bytes, more "
+                                 f"than the {MAX_CONFIG_BYTES:,} a config can have: {fix}")
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except ModelLoadError:
+        raise
+    except UnicodeDecodeError as e:
+        raise ModelLoadError(f"the model config {config_file} is not UTF-8 text (byte {e.start}): {fix}") from None
+    except RecursionError:  # json parses nesting recursively: "[[[[..." 200,000 deep
+        raise ModelLoadError(f"the model config {config_file} nests too deeply to read: {fix}") from None
+    except (OSError, ValueError) as e:  # ValueError: bad JSON, or e.g. an integer of 5,000 digits
+        raise ModelLoadError(f"cannot read the model config {config_file}: {e}") from e
+
+
 def _check_config(config: dict, where: Path) -> None:
     """The numbers of an open_clip config, before anything is built from them."""
     problems = [f"{section} must be an object" for section in ("vision_cfg", "text_cfg")
                 if not isinstance(config.get(section), dict)]
 
-    def walk(section: dict, prefix: str) -> None:
+    def walk(section: dict, prefix: str, depth: int = 1) -> None:
+        if depth > MAX_CONFIG_DEPTH:  # walking on would recurse as deep as the file nests
+            problems.append(f"{prefix.rstrip('.')} nests more than {MAX_CONFIG_DEPTH} levels deep")
+            return
         for key, value in section.items():
             if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
+                walk(value, f"{prefix}{key}.", depth + 1)
             elif key in CONFIG_LIMITS and value is not None:  # None: open_clip's default
                 values = value if isinstance(value, (list, tuple)) and value else [value]
                 if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= CONFIG_LIMITS[key]

@@ -7,6 +7,8 @@ also reports every model's similarity (``JointResult.similarities``).
 from __future__ import annotations
 
 import dataclasses
+import math
+from numbers import Real
 from typing import Callable, Sequence
 
 import torch
@@ -20,20 +22,30 @@ from .objective import Objective
 
 Targets = list[list[tuple[torch.Tensor, float]]]  # per problem: (feature, weight) pairs
 
-DEFAULT_NEGATIVE_WEIGHT = 0.5  # how hard each negative image or text pushes the prompt away
+# how hard the negatives push the prompt away: the gain is the similarity to the positives minus this
+# weight times the MEAN similarity to the negatives, so it means the same however many negatives there are
+DEFAULT_NEGATIVE_WEIGHT = 0.5
+
+
+def check_negative_weight(weight) -> float:
+    """``weight`` as a float, or an error naming negative_weight (inf or NaN would optimise nothing)."""
+    if isinstance(weight, bool) or not isinstance(weight, Real) or not math.isfinite(weight) or weight < 0:
+        raise PezError(f"negative_weight must be a finite number >= 0 (how hard the negatives push the prompt "
+                       f"away; default {DEFAULT_NEGATIVE_WEIGHT}), got {weight!r}")
+    return float(weight)
 
 
 def _negatives(model: PezModel, images, texts, weight: float) -> list[tuple[torch.Tensor, float]]:
-    if not weight >= 0:
-        raise PezError(f"negative_weight is how hard negatives push away; give a value >= 0, got {weight}")
+    """(feature, -weight / n) for the n negative images and texts: together they weigh ``weight``."""
+    weight = check_negative_weight(weight)
     feats = []
     if images is not None and len(split_batch(images)):
         feats.extend(model.encode_images(images))
     texts = [texts] if isinstance(texts, str) else list(texts or [])
     texts = [t for t in texts if t.strip()]
     if texts:
-        feats.extend(model.encode_texts(texts))
-    return [(f, -weight) for f in feats]
+        feats.extend(model.encode_texts(texts, "negative text"))
+    return [(f, -weight / len(feats)) for f in feats]
 
 
 def _image_features(model: PezModel, images) -> torch.Tensor:
@@ -56,7 +68,12 @@ def _optimize(model: joint.AnyModel, targets_of: Callable[[PezModel], Targets], 
 def invert(model: joint.AnyModel, images, config: PezConfig | None = None, *, negative_images=None,
            negative_texts: str | Sequence[str] | None = None, negative_weight: float = DEFAULT_NEGATIVE_WEIGHT,
            callback: Callback | None = None) -> list[PezResult]:
-    """One prompt per image; all images are optimised together in one batch."""
+    """One prompt per image; all images are optimised together in one batch.
+
+    Negative images and texts push every prompt away: the gain is the cosine to its image minus
+    ``negative_weight`` times the mean cosine to the negatives (the weight means the same for any number)."""
+    check_negative_weight(negative_weight)
+
     def targets(m: PezModel) -> Targets:
         feats = _image_features(m, images)
         negatives = _negatives(m, negative_images, negative_texts, negative_weight)
@@ -67,7 +84,12 @@ def invert(model: joint.AnyModel, images, config: PezConfig | None = None, *, ne
 def style(model: joint.AnyModel, images, config: PezConfig | None = None, *, negative_images=None,
           negative_texts: str | Sequence[str] | None = None, negative_weight: float = DEFAULT_NEGATIVE_WEIGHT,
           callback: Callback | None = None) -> PezResult:
-    """One prompt for all images jointly: what they share (their style, their subject)."""
+    """One prompt for all images jointly: what they share (their style, their subject).
+
+    The gain is the mean cosine to the images minus ``negative_weight`` times the mean cosine to the
+    negative images and texts."""
+    check_negative_weight(negative_weight)
+
     def targets(m: PezModel) -> Targets:
         feats = _image_features(m, images)
         negatives = _negatives(m, negative_images, negative_texts, negative_weight)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import string
 
 import pytest
@@ -266,3 +267,190 @@ def test_download_reports_size_and_progress_and_can_be_cancelled(online):
         with pytest.raises(Cancelled):
             download.hub_weights(PRESET_REPO, ["slow.safetensors"], what="w", arch="A", tag="t", watcher=watch)
         assert watch.announced and watch.progress_seen[-1][0] < len(content)
+
+
+# --- images ----------------------------------------------------------------------------------------------
+def _resize_then_crop(image, size: int) -> torch.Tensor:
+    """The preprocessing as it was: the whole image resized, then cropped (what strips must still give)."""
+    from pez_core.images import to_rgb_tensor
+
+    x = to_rgb_tensor(image)[None]
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return x[..., top:top + size, left:left + size].clamp(0, 1)
+
+
+def _pixels(image, size: int = 224) -> torch.Tensor:
+    from pez_core.images import preprocess
+
+    return preprocess([image], size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+def test_a_strip_is_never_resized_whole(monkeypatch):
+    from PIL import Image
+
+    largest = []
+    interpolate = torch.nn.functional.interpolate
+
+    def measured(x, *args, **kwargs):
+        out = interpolate(x, *args, **kwargs)
+        largest.append(out[0, 0].numel())
+        return out
+    monkeypatch.setattr(torch.nn.functional, "interpolate", measured)
+    strips = [torch.rand(1, 1, 8192, 3), torch.rand(1, 16384, 1, 3), Image.new("RGB", (8192, 1), (200, 30, 30)),
+              torch.rand(1, 2, 16384, 3), torch.rand(1, 5000, 300, 3)]  # ComfyUI's EmptyImage allows 16384
+    for strip in strips:
+        pixels = _pixels(strip)
+        assert pixels.shape == (1, 3, 224, 224) and torch.isfinite(pixels).all()
+    assert max(largest) <= 8 * 224 * 224  # resized whole, 8192x1 was 224 x 1,835,008 pixels
+
+
+@pytest.mark.parametrize(("shape", "size"), [((12, 600), 224), ((600, 12), 224), ((1, 900), 224), ((40, 1000), 224),
+                                             ((300, 6000), 32), ((6001, 301), 32), ((5, 37), 32)])
+def test_a_strip_gives_the_pixels_resizing_it_whole_gave(shape, size):
+    image = torch.rand(*shape, 3, generator=torch.Generator().manual_seed(sum(shape)))
+    assert (_pixels(image, size) - _resize_then_crop(image, size)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80), (270, 480), (100, 400), (400, 100), (1080, 1920), (7, 5)])
+def test_usual_images_are_preprocessed_exactly_as_before(shape):
+    image = torch.rand(*shape, 3, generator=torch.Generator().manual_seed(sum(shape)))
+    assert torch.equal(_pixels(image), _resize_then_crop(image, 224))
+
+
+def _gradient16() -> "np.ndarray":
+    import numpy as np
+
+    y, x = np.mgrid[0:48, 0:64]
+    return ((x * 1000 + y * 300) % 65536).astype(np.uint16)  # every value from dark to bright
+
+
+def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pez_core.images import to_rgb_tensor
+
+    deep = _gradient16()
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    Image.fromarray((deep >> 8).astype(np.uint8)).save(tmp_path / "flat.png")
+    with Image.open(tmp_path / "deep.png") as opened:
+        assert opened.mode == "I;16"  # what PIL makes of a 16-bit greyscale PNG
+        pixels = to_rgb_tensor(opened)
+    eight_bit = to_rgb_tensor(Image.open(tmp_path / "flat.png"))
+    assert (pixels - eight_bit).abs().max() <= 1 / 255 + 1e-6 and pixels.min() < 0.01
+    assert (to_rgb_tensor(deep) - eight_bit).abs().max() <= 1 / 255 + 1e-6  # a uint16 array too
+    model = pez_core.load_model(str(write_tiny_checkpoint(tmp_path)), device="cpu")
+    deep_feature, flat_feature = model.encode_images([Image.open(tmp_path / "deep.png"),
+                                                      Image.open(tmp_path / "flat.png")])
+    assert float(deep_feature @ flat_feature) > 0.999
+
+
+@pytest.mark.parametrize(("mode", "values"), [("I", lambda d: d.astype("int32")),
+                                                ("F", lambda d: d.astype("float32") / 65535)])
+def test_32_bit_pil_modes_are_scaled(mode, values):
+    from PIL import Image
+
+    from pez_core.images import to_rgb_tensor
+
+    deep = _gradient16()
+    image = Image.fromarray(values(deep))
+    assert image.mode == mode
+    expected = torch.from_numpy(deep.astype("float32") / 65535)
+    assert (to_rgb_tensor(image)[0] - expected).abs().max() < 1e-5
+
+
+def test_the_cli_scores_a_16_bit_png_like_its_8_bit_twin(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from pez_core.cli import main
+
+    deep = _gradient16()
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    Image.fromarray((deep >> 8).astype(np.uint8)).save(tmp_path / "flat.png")
+    checkpoint = write_tiny_checkpoint(tmp_path)
+    assert main(["score", "--model", str(checkpoint), "--text", "a grey gradient", "--json",
+                 str(tmp_path / "deep.png"), str(tmp_path / "flat.png")]) == 0
+    deep_score, flat_score = (json.loads(line)["similarity"] for line in capsys.readouterr().out.splitlines())
+    assert deep_score == pytest.approx(flat_score, abs=2e-3)
+
+
+# --- negative images and texts -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("weight", [float("inf"), float("-inf"), float("nan"), -0.5, "0.5", True])
+def test_a_negative_weight_that_is_no_finite_number_is_refused(tmp_path, weight):
+    import numpy as np
+
+    model = pez_core.load_model(str(write_tiny_checkpoint(tmp_path)), device="cpu")
+    image = np.random.default_rng(0).random((32, 32, 3))
+    for task in (pez_core.invert, pez_core.style):
+        with pytest.raises(PezError, match=r"negative_weight must be a finite number >= 0 .* got "):
+            task(model, [image], PezConfig(steps=2), negative_images=[image], negative_weight=weight)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "lots"])
+def test_the_cli_refuses_a_non_finite_negative_weight_before_loading(value, capsys, monkeypatch):
+    from pez_core import cli
+
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["invert", "any.png", "--negative-weight", value])
+    assert exited.value.code == 2
+    assert f"argument --negative-weight: '{value}': must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_many_negatives_weigh_as_much_as_one(tmp_path):
+    """The negative term is the weight times the MEAN similarity to the negatives: 256 negatives at 0.5 push
+    no harder than one (summed, they had swamped the image: its similarity fell from 0.39 to -0.64)."""
+    import numpy as np
+
+    model = pez_core.load_model(str(write_tiny_checkpoint(tmp_path)), device="cpu")
+    rng = np.random.default_rng(0)
+    image, negatives = rng.random((32, 32, 3)), [rng.random((32, 32, 3)) for _ in range(256)]
+    config = PezConfig(prompt_len=4, steps=60, seed=0, polish="off")
+    one, many = (pez_core.invert(model, [image], config, negative_images=negatives[:n], negative_weight=0.5)[0]
+                 for n in (1, 256))
+    assert many.similarity == pytest.approx(one.similarity, abs=0.05)
+    styled = pez_core.style(model, [image], config, negative_images=negatives, negative_weight=0.5)
+    assert styled.similarity == pytest.approx(one.similarity, abs=0.05)
+
+
+# --- unreadable configs, names and devices ----------------------------------------------------------------------
+def _nested(depth: int) -> dict:
+    section: dict = {"width": 16}
+    for _ in range(depth):
+        section = {"deeper": section}
+    return section
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (json.dumps(TINY_CONFIG).encode("utf-16"), r"custom.json is not UTF-8 text \(byte 0\)"),
+    (b"\xff" + json.dumps(TINY_CONFIG).encode("latin-1"), "is not UTF-8 text"),
+    (b"[" * 200_000 + b"]" * 200_000, "custom.json nests too deeply to read"),
+    (b'{"a": ' * 200_000 + b"1" + b"}" * 200_000, "bytes, more than the 1,048,576 a config can have"),
+    (json.dumps({**TINY_CONFIG, "text_cfg": {**TINY_CONFIG["text_cfg"], "x": _nested(500)}}).encode(),
+     "text_cfg.x.deeper.deeper.deeper.deeper.deeper.deeper nests more than 8 levels deep"),
+    (b'{"embed_dim": ' + b"9" * 5000 + b"}", "cannot read the model config .*custom.json: Exceeds the limit"),
+])
+def test_unreadable_configs_are_named(tmp_path, content, message):
+    path = write_tiny_checkpoint(tmp_path, "custom")
+    path.with_suffix(".json").write_bytes(content)
+    with pytest.raises(ModelLoadError, match=message) as error:
+        pez_core.load_model(str(path), device="cpu")
+    assert "custom.json" in str(error.value)
+
+
+@pytest.mark.parametrize(("device", "gpus", "message"), [
+    ("cuda", 0, "device 'cuda' was asked for but no CUDA GPU is available; use device auto or cpu"),
+    ("cuda:3", 1, "device 'cuda:3' was asked for but this machine has 1 CUDA GPU"),
+    ("gpu", 0, "unknown device 'gpu'; use auto, cpu, cuda or cuda:N"),
+])
+def test_a_device_that_is_not_there_is_named(monkeypatch, device, gpus, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(PezError, match=re.escape(message)):
+        models.resolve_device(device)
+

@@ -157,6 +157,18 @@ def test_a_wrong_combo_is_reported_against_that_input_only(comfy_server: ComfySe
     assert {e["extra_info"]["input_name"] for e in errors} == {name}
 
 
+@pytest.mark.parametrize("value", [42, {"name": "pez-tiny.safetensors"}])
+def test_a_model_that_is_no_name_is_refused_naming_the_input(comfy_server: ComfyServer, value: Any) -> None:
+    with pytest.raises(PromptRejected) as excinfo:
+        comfy_server.queue({"m": {**model_node(), "inputs": {**model_node()["inputs"], "model": value}},
+                            "s": similarity("a", "b")})
+    [error] = excinfo.value.body["node_errors"]["m"]["errors"]
+    assert error["extra_info"]["input_name"] == "model"
+    assert f"model must be a model name (text), got {type(value).__name__} {value!r}" in error["details"]
+    assert "choose one of: " in error["details"]
+    assert_next_prompt_ok(comfy_server)
+
+
 @pytest.mark.parametrize(("graph_of", "node_type", "fragment"), [
     (lambda: {"m": {**model_node(), "inputs": {**model_node()["inputs"], "device": "gpu"}},
               "s": similarity("a", "b")}, "PEZ_LoadModel", "device 'gpu' is not one of: auto, cpu"),
