@@ -23,7 +23,9 @@ browser: venv
 # `make test` = the whole suite on ComfyUI 0.3.75, then (when ../shared has its tarball) the server
 # tests again on ComfyUI 0.33.0 with the newest frontend (`make test-newest`); it says when it skips that.
 test: venv comfyui browser
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	@echo "== first pass: the whole suite on ComfyUI 0.3.75"
+	@HF_HUB_OFFLINE=1 $(PY) -m pytest -q || { rc=$$?; echo "make test: the FIRST pass (the whole suite," \
+	  "ComfyUI 0.3.75) failed with exit code $$rc; the second pass (ComfyUI 0.33.0) did not run"; exit $$rc; }
 	@bash scripts/setup_comfyui_newest.sh --check; rc=$$?; \
 	if [ $$rc -eq 3 ]; then echo "make test: SKIPPED the second pass on the newest ComfyUI" \
 	  "(no ComfyUI-0.33.0.tar.gz in ../shared/comfyui); only ComfyUI 0.3.75 was tested."; \
@@ -41,7 +43,8 @@ test-newest: browser
 	  "frontend $$($(NEWEST_PY) -c 'import importlib.metadata as m; print(m.version("comfyui-frontend-package"))')" \
 	  "(set up in $$(( $$(date +%s) - start )) s)"; \
 	PEZ_COMFYUI_DIR=$(NEWEST_DIR) PEZ_COMFYUI_PYTHON=$(NEWEST_PY) HF_HUB_OFFLINE=1 \
-	  $(NEWEST_PY) -m pytest -q $(NEWEST_TESTS) || exit $$?; \
+	  $(NEWEST_PY) -m pytest -q $(NEWEST_TESTS) || { rc=$$?; echo "make test: the SECOND pass (ComfyUI 0.33.0)" \
+	  "failed with exit code $$rc"; exit $$rc; }; \
 	echo "== second pass done in $$(( $$(date +%s) - start )) s"
 
 demo: venv comfyui
