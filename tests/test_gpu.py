@@ -3,8 +3,12 @@ with benchmarks/gpu_check.sh; the capture fall-back's stream handling is checked
 torch's own ``torch.cuda.graph`` with only the hardware calls stood in for."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import types
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,6 +101,31 @@ def test_offload_frees_the_gpu_and_the_next_run_brings_the_tower_back(model):
     after = pez_core.optimize(model, objective, config)[0]
     assert model.clip.token_embedding.weight.device.type == "cuda"
     assert after.similarity == pytest.approx(before.similarity, abs=0.02)
+
+
+FRESH_PROCESS_RUN = """
+import json, sys, torch
+import pez_core
+from helpers import planted_problem
+torch.manual_seed(0)
+with torch.device("cuda"):
+    model = pez_core.load_model("ViT-B-32", "none", device="cuda", precision=sys.argv[1])
+objective, _ = planted_problem(model, length=16, seed=3)
+result = pez_core.optimize(model, objective, pez_core.PezConfig(prompt_len=16, steps=200, seed=5))[0]
+print(json.dumps([result.prompt, result.token_ids, result.similarity, result.unpolished_prompt]))
+"""
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_seed_same_prompt_in_fresh_processes_on_device(precision):
+    """The README's promise on CUDA (same seed, device and dtype: the same prompt), as the defaults run:
+    CUDA graphs, cuBLAS and attention's backward with no deterministic mode forced on."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    runs = [subprocess.run([sys.executable, "-c", FRESH_PROCESS_RUN, precision], capture_output=True, text=True,
+                           env=env, timeout=600) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-3000:]
+    assert runs[0].stdout == runs[1].stdout
 
 
 @needs_cuda
