@@ -6,7 +6,7 @@ was time: kicks started only until polishing had taken as long as the loop. Per 
 loop once (``polish="off"``), traces unbounded kicks on its prompts (the strings scored and the seconds
 spent when each kick starts), and then polishes the same prompts with each work share. "time rule" is
 the old rule replayed on this run's own timings: the strings scored when polishing's clock reached the
-loop's seconds, i.e. what the old code did here on an idle machine (on a busy one it differed).
+loop's seconds, i.e. what the old code did at this run's speed (at another speed it differed).
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python benchmarks/kicks.py
 """
@@ -97,7 +97,7 @@ def measure(label: str, model, objective, config: PezConfig, shares: list[float]
     lines = [f"\n{label}: PEZ loop {loop_seconds:.1f} s ({loop_prompts} prompts scored), similarity {unpolished:.4f}; "
              f"unbounded kicks: {len(starts)} started, polishing {unbounded_seconds:.1f} s",
              "| kick budget | strings | kicks started | mean similarity | polishing s |", "|---|---|---|---|---|"]
-    budgets = [("time rule (idle machine)", time_rule), ("no kicks", 0)]
+    budgets = [("time rule (this run's timings)", time_rule), ("no kicks", 0)]
     budgets += [(f"work share {s:g}" + (" (default)" if s == KICK_WORK_SHARE else ""), int(s * loop_prompts))
                 for s in shares]
     budgets.append(("unbounded", None))

@@ -117,7 +117,8 @@ def stopping_inputs() -> list[io.Input]:
             "tokens that do not pay; off: PEZ's prompt as it is. Never scores below PEZ's own prompt.")),
         io.Float.Input("time_budget", default=0.0, min=0.0, max=TIME_BUDGET_MAX, step=1.0, optional=True, tooltip=(
             "Seconds for the whole run, polishing included; by then the node returns its best prompt. "
-            "0 = no limit (steps decide).")),
+            "0 = no limit (steps decide). With a limit, the prompt depends on the machine's speed; "
+            "without one, a fixed seed always gives the same prompt.")),
         io.Float.Input("target_similarity", default=0.0, min=0.0, max=1.0, step=0.01, round=0.001, optional=True,
                        tooltip="Stop as soon as the prompt reaches this similarity. 0 = no target."),
     ]

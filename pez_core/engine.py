@@ -47,7 +47,7 @@ POLISH_SHARE = {"off": 0.0, "prune": 0.1, "swap": 0.5, "swap+prune": 0.5}
 # without a time budget, polishing starts kicks (pez_core.polish) only until it has scored this many strings
 # per prompt the PEZ loop scored (steps x restarts x problems): work, not time, so a result never depends on how
 # busy the machine is (measured: benchmarks/README.md, "Kicks bounded by work")
-KICK_WORK_SHARE = 8.0
+KICK_WORK_SHARE = 16.0
 TARGET_MARGIN = 0.05             # strings are checked against a target once their ids' similarity is this close
 
 
