@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv comfyui browser test test-newest demo serve bench gpu-wheels clean
+.PHONY: venv comfyui browser lint test test-newest demo serve bench gpu-wheels clean
 
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: requirements-dev.txt pyproject.toml
@@ -22,7 +22,12 @@ browser: venv
 
 # `make test` = the whole suite on ComfyUI 0.3.75, then (when ../shared has its tarball) the server
 # tests again on ComfyUI 0.33.0 with the newest frontend (`make test-newest`); it says when it skips that.
-test: venv comfyui browser
+# the layer contracts (pyproject.toml's [tool.importlinter]) and ruff; tests/test_architecture.py runs them too
+lint: venv
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check --no-cache .
+
+test: venv comfyui browser lint
 	@echo "== first pass: the whole suite on ComfyUI 0.3.75"
 	@HF_HUB_OFFLINE=1 $(PY) -m pytest -q || { rc=$$?; echo "make test: the FIRST pass (the whole suite," \
 	  "ComfyUI 0.3.75) failed with exit code $$rc; the second pass (ComfyUI 0.33.0) did not run"; exit $$rc; }

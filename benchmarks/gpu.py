@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    device = pez_core.models.resolve_device(args.device)
+    device = pez_core.devices.resolve_device(args.device)
     if args.probe:
         return probe(args.probe, (args.models or ["ViT-L-14"])[0], device, args.precision, args.results)
     models = args.models or ["ViT-H-14", "ViT-L-14"]

@@ -19,7 +19,8 @@ import torch
 
 import pez_core
 from pez_core import PezConfig
-from pez_core.models import PezModel, resolve_device, resolve_dtype
+from pez_core.clip.model import PezModel, resolve_dtype
+from pez_core.common.devices import resolve_device
 
 TEXT = "a photograph of a red fox in the snow, golden hour, highly detailed"
 PAIRS = {"b32": (("ViT-B-32", 0), ("ViT-B-32", 1)), "sdxl": (("ViT-L-14", 0), ("ViT-bigG-14", 0))}

@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pez_core  # noqa: E402
 from pez_core import PezConfig, shapes  # noqa: E402
-from pez_core.engine import KICK_WORK_SHARE  # noqa: E402
-from pez_core.objective import ClipScorer  # noqa: E402
-from pez_core.polish import _Polisher  # noqa: E402
-from pez_core.tasks import _image_features  # noqa: E402
+from pez_core.engine.loop import KICK_WORK_SHARE  # noqa: E402
+from pez_core import ClipScorer  # noqa: E402
+from pez_core.engine.polish import _Polisher  # noqa: E402
+from pez_core.clip.tasks import _image_features  # noqa: E402
 from planted import planted_ids  # noqa: E402
 
 

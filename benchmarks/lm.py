@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/lm.py --seeds 0 1 --fluency 0 0.3 1 3
 
-On the bundled demo task (``pez_core/bundled/tiny-lm``: its training and validation reviews, template
+On the bundled demo task (``pez_core/demo/bundled/tiny-lm``: its training and validation reviews, template
 "{input} {prompt} it was", verbalizer great/terrible), every method's prompt is scored by validation
 accuracy and perplexity (the prompt tokens' own NLL in context, exponentiated) on the LM it was learnt on
 and, unchanged as a string, on ``tiny-lm-b`` (trained independently, on a corpus drawn with another seed,
@@ -23,7 +23,7 @@ import torch
 
 from pez_core import POLISH_MODES, PezConfig
 from pez_core import lm as L
-from pez_core.lm_data import load_examples, parse_verbalizer
+from pez_core.lm.data import load_examples, parse_verbalizer
 
 
 def _row(method: str, runs: list[dict]) -> str:

@@ -67,12 +67,12 @@ def engine(model, target, planted, config: pez_core.PezConfig, method: str) -> d
 @contextlib.contextmanager
 def kick_candidates(count: int | None):
     """Polishing with another number of candidates per kick than the engine's (None: the engine's; 0: no kicks)."""
-    default = pez_core.polish.KICK_CANDIDATES
-    pez_core.polish.KICK_CANDIDATES = default if count is None else count
+    default = pez_core.engine.polish.KICK_CANDIDATES
+    pez_core.engine.polish.KICK_CANDIDATES = default if count is None else count
     try:
         yield
     finally:
-        pez_core.polish.KICK_CANDIDATES = default
+        pez_core.engine.polish.KICK_CANDIDATES = default
 
 
 def one_planted(model, args, seed: int, emit) -> list[dict]:

@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pez_core  # noqa: E402
 from pez_core import PezConfig, shapes  # noqa: E402
-from pez_core.objective import ClipScorer  # noqa: E402
-from pez_core.tasks import _image_features  # noqa: E402
+from pez_core import ClipScorer  # noqa: E402
+from pez_core.clip.tasks import _image_features  # noqa: E402
 from quality import match_single  # noqa: E402
 
 
@@ -55,12 +55,12 @@ def measure(model, seed: int, count: int, steps: int, floorless: list[float]) ->
 
 
 def _floorless_prune(scorer, prompts: list[str], budget: float):
-    saved = pez_core.polish.PRUNE_BUDGET
-    pez_core.polish.PRUNE_BUDGET = budget
+    saved = pez_core.engine.polish.PRUNE_BUDGET
+    pez_core.engine.polish.PRUNE_BUDGET = budget
     try:
         return pez_core.polish_prompts(scorer, prompts, "prune", floor=[-math.inf] * len(prompts))
     finally:
-        pez_core.polish.PRUNE_BUDGET = saved
+        pez_core.engine.polish.PRUNE_BUDGET = saved
 
 
 def main() -> int:

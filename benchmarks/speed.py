@@ -16,9 +16,10 @@ import time
 import torch
 
 import pez_core
-from pez_core import Objective, PezConfig, models
-from pez_core.objective import ClipScorer
-from pez_core.polish import polish_prompts
+from pez_core import Objective, PezConfig
+from pez_core.clip import model as models
+from pez_core import ClipScorer
+from pez_core import polish_prompts
 
 try:
     from benchmarks.reference_loop import reference_pez

@@ -16,13 +16,11 @@ import torch
 from comfy_api.latest import io
 
 from .. import pez_core
-from ..pez_core.limits import check_text, set_interrupt_check
-from ..pez_core.models import clip_tokenizer
 from .stop import stop_requested
 
 log = logging.getLogger(__name__)
 # pez_core's long loops (tokenizing big texts, downloads) see ComfyUI's Cancel
-set_interrupt_check(mm.throw_exception_if_processing_interrupted)
+pez_core.set_interrupt_check(mm.throw_exception_if_processing_interrupted)
 
 CATEGORY = "PEZ"
 DEFAULTS = pez_core.PezConfig()
@@ -113,7 +111,7 @@ def stopping_inputs() -> list[io.Input]:
             "After the PEZ steps. swap+prune (default: named the object best at 3000 steps in our "
             "measurements, with fewer words than swap) tries gradient-ranked token swaps (also after "
             "trying another word at each position in turn, kept only when better), then drops tokens costing at most "
-            f"{pez_core.polish.PRUNE_BUDGET:.0%} of the similarity in all; swap: swaps only; prune: drops only "
+            f"{pez_core.PRUNE_BUDGET:.0%} of the similarity in all; swap: swaps only; prune: drops only "
             "tokens that do not pay; off: PEZ's prompt as it is. Never scores below PEZ's own prompt.")),
         io.Float.Input("time_budget", default=0.0, min=0.0, max=TIME_BUDGET_MAX, step=1.0, optional=True, tooltip=(
             "Seconds for the whole run, polishing included; by then the node returns its best prompt. "
@@ -134,7 +132,7 @@ def make_config(*, prompt_length: int, steps: int, seed: int, vocabulary: str, r
     check_choice("polish", polish, pez_core.POLISH_MODES)
     config = pez_core.PezConfig(
         prompt_len=prompt_length, steps=steps, restarts=restarts or None, lr=learning_rate, seed=seed,
-        vocab=vocabulary, blocklist=check_text(blocklist or "", "blocklist").strip() or None, polish=polish,
+        vocab=vocabulary, blocklist=pez_core.check_text(blocklist or "", "blocklist").strip() or None, polish=polish,
         time_budget=time_budget or None, target_similarity=target_similarity or None)
     config.validate()
     return config
@@ -190,7 +188,7 @@ def texts_of(value: Any, name: str = "text") -> list[str]:
     """Non-blank strings of a STRING input that may be a list; bounded, and refused (naming ``name``) when
     CLIP would read nothing in them."""
     values = value if isinstance(value, list) else [value]
-    texts = [check_text(v, name) for v in values if isinstance(v, str) and v.strip()]
+    texts = [pez_core.check_text(v, name) for v in values if isinstance(v, str) and v.strip()]
     for text in texts:
         require_tokens(text, name)
     return texts
@@ -198,7 +196,7 @@ def texts_of(value: Any, name: str = "text") -> list[str]:
 
 def require_tokens(text: str, name: str) -> str:
     """``text``, or an error naming the input when CLIP reads no token in it (e.g. only control characters)."""
-    if not clip_tokenizer().encode(text, name):
+    if not pez_core.clip_tokenizer().encode(text, name):
         raise pez_core.PezError(f"{name} is empty to CLIP (only whitespace or characters it drops); give it some words")
     return text
 
@@ -211,7 +209,7 @@ def device_session(model: pez_core.PezModel) -> Iterator[None]:
     (the CPU unless --gpu-only) so the diffusion model gets the memory. Outside inference mode."""
     on_gpu = model.device.type != "cpu"
     if on_gpu:  # a combined model (PEZ Combine Models) needs room for all its CLIPs
-        size = sum(mm.module_size(m.clip) for m, _ in pez_core.joint.members(model))
+        size = sum(mm.module_size(m.clip) for m, _ in pez_core.joint_members(model))
         mm.free_memory(size + GIB, model.device)
     try:
         with torch.inference_mode(False):

@@ -4,7 +4,6 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .. import pez_core
-from ..pez_core.limits import check_text
 from .common import (LiveProgress, check_choice, check_choices, device_session, log_results, make_config, model_input,
                      node_schema, prompt_length_input, require_tokens, seed_input, steps_input, stopping_inputs,
                      text_ui, vocabulary_input)
@@ -51,7 +50,7 @@ class DistillPrompt(io.ComfyNode):
                 seed: int, vocabulary: str, polish: str | None = None, time_budget: float = 0.0,
                 target_similarity: float = 0.0) -> io.NodeOutput:
         check_choice("target", target, TARGETS)
-        if not check_text(text, "text").strip():
+        if not pez_core.check_text(text, "text").strip():
             raise pez_core.PezError("the text to distill is empty; type or connect a prompt")
         require_tokens(text, "the text to distill")
         ratio = None if target == "length" else float(target)

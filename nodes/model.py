@@ -14,8 +14,6 @@ import folder_paths
 from comfy_api.latest import io
 
 from .. import pez_core
-from ..pez_core.models import (CHECKPOINT_SUFFIXES, DEFAULT_MODEL, PRECISIONS, bundled_models, cached_models,
-                               preset_of_file)
 from .common import BAR_EVERY_S, CATEGORY, PezModelType, check_choice, send_node_text
 
 log = logging.getLogger(__name__)
@@ -53,7 +51,7 @@ def release_cache_on_unload() -> None:
     @functools.wraps(original)
     def unload_all_models(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
-        for model in cached_models():
+        for model in pez_core.cached_models():
             model.offload("cpu")
         dropped = pez_core.clear_cache()
         if dropped:
@@ -91,11 +89,11 @@ def model_folders() -> str:
 
 
 def checkpoint_files() -> list[str]:
-    return [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith(CHECKPOINT_SUFFIXES)]
+    return [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith(pez_core.CHECKPOINT_SUFFIXES)]
 
 
 def model_options() -> list[str]:
-    return [*pez_core.PRESETS, *pez_core.JOINT_PRESETS, *bundled_models(), *checkpoint_files()]
+    return [*pez_core.PRESETS, *pez_core.JOINT_PRESETS, *pez_core.bundled_models(), *checkpoint_files()]
 
 
 def _local_preset_file(name: str) -> str | None:
@@ -113,11 +111,11 @@ def resolve(name: str) -> str:
         raise pez_core.PezError(not_a_name(name))
     if name in pez_core.PRESETS:
         return _local_preset_file(name) or name
-    if name in bundled_models():
+    if name in pez_core.bundled_models():
         return name
     if name in checkpoint_files():
         return folder_paths.get_full_path_or_raise(FOLDER, name)
-    preset = preset_of_file(name)
+    preset = pez_core.preset_of_file(name)
     if preset is not None:  # an example's weights file the missing-models dialog offers, not downloaded yet
         log.debug("PEZ: %s is not in the pez model folder; loading the preset %s instead", name, preset)
         return _local_preset_file(preset) or preset
@@ -145,12 +143,12 @@ class LoadModel(io.ComfyNode):
             description="Load an OpenCLIP model for the PEZ nodes. Learn prompts with the CLIP your diffusion "
                         "model reads them with.",
             inputs=[
-                io.Combo.Input("model", options=model_options(), default=DEFAULT_MODEL, tooltip=(
+                io.Combo.Input("model", options=model_options(), default=pez_core.DEFAULT_MODEL, tooltip=(
                     f"Which CLIP to learn prompts for — {serves}. Presets download once into the Hugging Face "
                     f"cache; offline, save the weights as <arch>-<tag>.safetensors (e.g. "
                     f"ViT-L-14-openai.safetensors) in models/pez. Bundled models work offline. Checkpoints "
                     f"in models/pez (with a <name>.json open_clip config beside them) are listed too.")),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=(
+                io.Combo.Input("precision", options=list(pez_core.PRECISIONS), default="auto", tooltip=(
                     "Weights' precision. auto: bf16 (or fp16) on a GPU, fp32 on the CPU.")),
                 io.Combo.Input("device", options=list(DEVICES), default="auto", tooltip=(
                     "auto: ComfyUI's device (the GPU when there is one). cpu: keep the GPU free (slow).")),
@@ -180,18 +178,13 @@ class LoadModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: str, precision: str, device: str) -> io.NodeOutput:
-        check_choice("precision", precision, PRECISIONS)
+        check_choice("precision", precision, pez_core.PRECISIONS)
         check_choice("device", device, DEVICES)
         target = mm.get_torch_device() if device == "auto" else device
         try:
             watcher = DownloadOnNode(cls.hidden.unique_id)
-            if model in pez_core.JOINT_PRESETS:  # each part from the pez folder when saved there, as a preset is
-                preset = pez_core.JOINT_PRESETS[model]
-                loaded = pez_core.combine([pez_core.load_model(resolve(part), device=target, precision=precision,
-                                                               watcher=watcher) for part in preset.parts],
-                                          preset.weights)
-            else:
-                loaded = pez_core.load_model(resolve(model), device=target, precision=precision, watcher=watcher)
+            # each part of a joint preset from the pez folder when saved there, as a preset is
+            loaded = pez_core.load_model(model, device=target, precision=precision, watcher=watcher, locate=resolve)
         except pez_core.WeightsNotAvailableError as e:
             # the same error, with where this ComfyUI looks (one message in the log, not two)
             where = f" This ComfyUI's pez model folders: {model_folders()}."

@@ -6,8 +6,6 @@ import logging
 from comfy_api.latest import io
 
 from .. import pez_core
-from ..pez_core.limits import check_text
-from ..pez_core.models import clip_tokenizer
 from .common import device_session, images_of, model_input, node_schema, require_tokens, send_node_text, text_ui
 
 log = logging.getLogger(__name__)
@@ -31,7 +29,7 @@ def join_prompts(parts: list[str], separator: str) -> str:
 
 
 def token_count(text: str, name: str = "the joined prompt") -> int:
-    return len(clip_tokenizer().encode(text, name))
+    return len(pez_core.clip_tokenizer().encode(text, name))
 
 
 def too_long_warning(count: int) -> str:
@@ -75,13 +73,13 @@ class ConcatPrompts(io.ComfyNode):
                                             (prompt_1, prompt_2, prompt_3, prompt_4)) if c}
         for name, column in {**named, "separator": separator}.items():  # bounded before any tokenizing
             for value in column:
-                check_text(str(value), name)
+                pez_core.check_text(str(value), name)
         n = max((len(c) for c in named.values()), default=1)  # lists (e.g. several inverted prompts): one join each
         joined, counts, warnings = [], [], []
         for i in range(n):
             sep = separator[min(i, len(separator) - 1)]
             label = f"joined prompt {i + 1}" if n > 1 else "the joined prompt"
-            text = check_text(join_prompts([str(c[min(i, len(c) - 1)]) for c in named.values()], sep), label)
+            text = pez_core.check_text(join_prompts([str(c[min(i, len(c) - 1)]) for c in named.values()], sep), label)
             count = token_count(text, label)
             joined.append(text)
             counts.append(count)
@@ -123,10 +121,10 @@ class PromptSimilarity(io.ComfyNode):
 
     @classmethod
     def execute(cls, pez_model: pez_core.PezModel, text: str, images=None, other_text: str = "") -> io.NodeOutput:
-        if not check_text(text, "prompt").strip():
+        if not pez_core.check_text(text, "prompt").strip():
             raise pez_core.PezError("the prompt to score is empty; type or connect a prompt")
         require_tokens(text, "the prompt to score")
-        other = check_text(other_text, "other prompt").strip() or None
+        other = pez_core.check_text(other_text, "other prompt").strip() or None
         if other is not None:
             require_tokens(other, "the other prompt")
         if images is None and other is None:

@@ -4,22 +4,56 @@
     >>> model = pez_core.load_model("ViT-L-14 · openai")
     >>> [result] = pez_core.invert(model, [image], pez_core.PezConfig(steps=1000))
     >>> result.prompt, result.similarity
+
+Layers (imports flow down only; ``pyproject.toml`` declares them for import-linter): ``cli`` on top;
+``clip`` and ``lm``, the model families, beside each other; ``engine``, the model-agnostic PEZ search;
+``common`` and ``demo`` at the bottom. Language models: ``pez_core.lm``.
 """
-from .engine import LR_RANGE, LR_SCHEDULES, MAX_RESTARTS, MAX_STEPS, PezConfig, PezResult, Progress, optimize, search
-from .errors import ModelLoadError, PezError, WeightsNotAvailableError
-from .joint import JointModel, JointResult, JointScorer, combine
-from .models import JOINT_PRESETS, MAX_PROMPT_TOKENS, PRECISIONS, PRESETS, PezModel, available_models, clear_cache, load_model
-from .objective import ClipScorer, Objective
-from .polish import POLISH_MODES, polish_prompts
-from .scorer import Scorer
-from .tasks import DEFAULT_NEGATIVE_WEIGHT, distill, invert, score, score_each, style
-from .vocab import VOCAB_MODES, allowed_token_ids
+import importlib
+
+# public name -> the layer that defines it; loaded on first use, so that importing ``pez_core.engine`` (or
+# ``pez_core.lm``) does not import open_clip through this file
+_HOMES = {
+    ".clip": ("DEFAULT_NEGATIVE_WEIGHT", "JOINT_PRESETS", "MAX_PROMPT_TOKENS", "PRECISIONS", "PRESETS",
+                      "ClipScorer", "JointModel", "JointResult", "JointScorer", "Objective", "PezModel",
+                      "allowed_token_ids", "available_models", "clear_cache", "combine", "distill", "invert",
+                      "load_model", "optimize", "score", "score_each", "style",
+                      # what the ComfyUI nodes need besides
+                      "CHECKPOINT_SUFFIXES", "DEFAULT_MODEL", "bundled_models", "cached_models", "clip_tokenizer",
+                      "joint_members", "preset_of_file"),
+    ".common.errors": ("ModelLoadError", "PezError", "WeightsNotAvailableError"),
+    ".common.limits": ("check_text", "set_interrupt_check"),
+    ".engine": ("LR_RANGE", "LR_SCHEDULES", "MAX_RESTARTS", "MAX_STEPS", "POLISH_MODES", "VOCAB_MODES",
+                        "PezConfig", "PezResult", "Progress", "Scorer", "polish_prompts", "search", "PRUNE_BUDGET"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+_LAYERS = ("cli", "clip", "common", "demo", "engine", "lm")
+
+
+def __getattr__(name: str):
+    if name in _LAYERS:
+        return importlib.import_module(f".{name}", __name__)
+    if name not in _HOME_OF:
+        raise AttributeError(f"module 'pez_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME_OF[name], __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOME_OF])
+
 
 __all__ = [
     "DEFAULT_NEGATIVE_WEIGHT", "JOINT_PRESETS", "JointModel", "JointResult", "JointScorer", "combine", "score_each",
     "LR_RANGE", "LR_SCHEDULES", "MAX_PROMPT_TOKENS", "MAX_RESTARTS", "MAX_STEPS", "POLISH_MODES", "PRECISIONS",
     "PRESETS", "VOCAB_MODES", "ClipScorer", "ModelLoadError", "Objective", "PezConfig", "PezError", "PezModel",
     "PezResult", "Progress", "Scorer", "WeightsNotAvailableError", "allowed_token_ids", "available_models",
-    "clear_cache", "distill", "invert", "load_model", "optimize", "polish_prompts", "score", "search", "style",
+    "check_text", "clear_cache", "distill", "invert", "load_model", "optimize", "polish_prompts", "score",
+    "search", "set_interrupt_check", "style",
+    "CHECKPOINT_SUFFIXES", "DEFAULT_MODEL", "PRUNE_BUDGET", "bundled_models", "cached_models", "clip_tokenizer",
+    "joint_members", "preset_of_file",
 ]
 __version__ = "0.1.0"

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .engine import LR_SCHEDULES, PezConfig
-from .errors import PezError
-from .joint import combine
-from .polish import POLISH_MODES
-from .models import DEFAULT_MODEL, MAX_PROMPT_TOKENS, PRECISIONS, available_models, load_model
-from .tasks import DEFAULT_NEGATIVE_WEIGHT, check_negative_weight
-from .vocab import VOCAB_MODES
+from . import lm
+from .clip import DEFAULT_MODEL, MAX_PROMPT_TOKENS, PRECISIONS, available_models, combine, load_model, tasks
+from .clip.tasks import DEFAULT_NEGATIVE_WEIGHT, check_negative_weight
+from .common.errors import PezError
+from .engine import LR_SCHEDULES, POLISH_MODES, VOCAB_MODES, PezConfig
 
 log = logging.getLogger("pez_core")
 DEFAULTS = PezConfig()
@@ -37,8 +35,31 @@ def _negative_weight(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number >= 0") from e
 
 
+def _shared_options() -> argparse.ArgumentParser:
+    """What every subcommand that runs a model takes: where, how to print, and the vocabulary rules."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    shared.add_argument("--json", action="store_true", help="one JSON object per result on stdout")
+    shared.add_argument("-v", "--verbose", action="store_true")
+    return shared
+
+
+def _search_options() -> argparse.ArgumentParser:
+    """What every PEZ search takes, CLIP's and the LM's alike."""
+    search = argparse.ArgumentParser(add_help=False)
+    search.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    search.add_argument("--lr", type=float, default=DEFAULTS.lr, help="AdamW learning rate (default %(default)s)")
+    search.add_argument("--vocab", default=DEFAULTS.vocab, choices=VOCAB_MODES)
+    search.add_argument("--blocklist", help="comma-separated words the prompt must not use")
+    search.add_argument("--allowlist", help="comma-separated word bank: the only words the prompt may use")
+    search.add_argument("--patience", type=int, help="stop after this many steps without improvement")
+    search.add_argument("--time-budget", type=float, metavar="SECONDS",
+                        help="end the whole run, polishing included, by then and return the best prompt")
+    return search
+
+
 def _model_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, parents=[_shared_options()])
     common.add_argument("--model", action="append", help=(
         f"preset, bundled model, open_clip architecture or checkpoint path (see `models`; default {DEFAULT_MODEL}); "
         "repeat it to learn one prompt for several models at once"))
@@ -47,32 +68,21 @@ def _model_options() -> argparse.ArgumentParser:
         "n-th --model"))
     common.add_argument("--model-weight", action="append", type=float, help=(
         "how much each --model counts in a joint prompt (default: equally); one per --model, in order"))
-    common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     common.add_argument("--precision", default="auto", choices=PRECISIONS)
-    common.add_argument("--json", action="store_true", help="one JSON object per result on stdout")
-    common.add_argument("-v", "--verbose", action="store_true")
     return common
 
 
 def _optimisation_options() -> argparse.ArgumentParser:
-    optim = argparse.ArgumentParser(add_help=False)
+    optim = argparse.ArgumentParser(add_help=False, parents=[_search_options()])
     optim.add_argument("--prompt-len", type=int, default=DEFAULTS.prompt_len,
                        help=f"prompt length in CLIP tokens, 1 to {MAX_PROMPT_TOKENS} (default %(default)s)")
     optim.add_argument("--steps", type=int, default=DEFAULTS.steps, help="optimisation steps (default %(default)s)")
     optim.add_argument("--restarts", type=int, help=f"parallel random starts (default: {_auto_restarts()})")
-    optim.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    optim.add_argument("--lr", type=float, default=DEFAULTS.lr, help="AdamW learning rate (default %(default)s)")
     optim.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
-    optim.add_argument("--vocab", default=DEFAULTS.vocab, choices=VOCAB_MODES)
-    optim.add_argument("--blocklist", help="comma-separated words the prompt must not use")
-    optim.add_argument("--allowlist", help="comma-separated word bank: the only words the prompt may use")
     optim.add_argument("--lr-schedule", default=DEFAULTS.lr_schedule, choices=LR_SCHEDULES)
-    optim.add_argument("--patience", type=int, help="stop after this many steps without improvement")
     optim.add_argument("--polish", default=DEFAULTS.polish, choices=POLISH_MODES,
                        help="after the PEZ loop: gradient-ranked token swaps and/or pruning of tokens that "
                             "do not pay; never scores below PEZ's own prompt (default %(default)s)")
-    optim.add_argument("--time-budget", type=float, metavar="SECONDS",
-                       help="end the whole run, polishing included, by then and return the best prompt")
     optim.add_argument("--target-similarity", type=float, metavar="X",
                        help="stop as soon as the best prompt string reaches this similarity")
     optim.add_argument("--negative-text", action="append", default=[], help="text to push away from (repeatable)")
@@ -97,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--text", action="append", required=True, help="text to score (repeatable)")
     sub.add_argument("images", nargs="+", type=Path)
     commands.add_parser("models", help="list usable model names")
-    from .lm import add_cli_arguments  # language-model prompts (pez_core.lm)
-    add_cli_arguments(commands.add_parser("lm", help="a prompt that makes a causal language model classify text"))
+    _lm_arguments(commands.add_parser("lm", parents=[_shared_options(), _search_options()],
+                                      help="a prompt that makes a causal language model classify text"))
     return parser
 
 
@@ -117,19 +127,26 @@ def _open_images(paths: list[Path]) -> list:
 
 
 class _ProgressBar:
-    """tqdm on stderr, showing the best prompt so far."""
+    """tqdm on stderr, showing the best prompt so far and its score (``label``: "sim" for a CLIP, "batch acc"
+    for an LM). The bar opens at the first step, so an error found before the run is not printed after an
+    empty bar."""
 
-    def __init__(self, total: int):
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+    def __init__(self, total: int, label: str = "sim", digits: int = 3):
+        self.total, self.label, self.digits = total, label, digits
+        self.bar = None
 
     def __call__(self, progress) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total, file=sys.stderr, unit="step", dynamic_ncols=True)
         self.bar.update(progress.step - self.bar.n)
         stage = "polishing · " if progress.stage == "polishing" else ""
-        self.bar.set_postfix_str(f"{stage}sim {progress.similarity:.3f} · {progress.prompt[:60]}")
+        self.bar.set_postfix_str(f"{stage}{self.label} {progress.similarity:.{self.digits}f} · {progress.prompt[:60]}")
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()  # ends its line: what is logged next starts on a line of its own
+            self.bar = None
 
 
 def _load_models(args: argparse.Namespace):
@@ -146,8 +163,6 @@ def _load_models(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from . import tasks
-
     model = _load_models(args)
     if args.command == "score":
         images = _open_images(args.images)
@@ -182,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "lm":
-        from .lm import main_cli
-        return main_cli(args)
+        return main_lm(args)
     if args.command == "models":
         for name, description in available_models():
             sys.stdout.write(f"{name}\t{description}\n")
@@ -201,3 +215,117 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sys.stdout.write(f"{row['similarity']:.4f}\t{row['image']}\t{row['text']}\n")
     return 0
+
+
+# ---- ``lm``: a prompt that makes a causal language model classify text (pez_core.lm) ----
+def _lm_arguments(sub) -> None:
+    """The ``lm`` subcommand's own options (the shared ones come from ``_shared_options``, ``_search_options``)."""
+    sub.add_argument("--demo", action="store_true", help=f"the bundled tiny LM and its task ({lm.DEMO_LM}; "
+                     f"transfer to {lm.DEMO_TRANSFER_LM}); other options still apply")
+    sub.add_argument("--lm", help="Hugging Face causal LM: name or local folder")
+    sub.add_argument("--train", type=Path, help="training examples: .csv or .jsonl with text and label")
+    sub.add_argument("--valid", type=Path, help="validation examples (chooses the best prompt string)")
+    sub.add_argument("--template", help=f"where the input and the prompt go, e.g. {lm.DEMO_TEMPLATE!r}")
+    sub.add_argument("--verbalizer", help=f"label:word pairs, e.g. {lm.DEMO_VERBALIZER!r} (word|word for several)")
+    sub.add_argument("--prompt-len", type=int, default=lm.DEFAULT_PROMPT_LEN, help="prompt tokens (default %(default)s)")
+    sub.add_argument("--fluency", type=float, default=0.0, help="weight of the prompt's own NLL (default %(default)s)")
+    sub.add_argument("--steps", type=int, help=f"optimisation steps (default {DEFAULTS.steps}; demo {lm.DEMO_STEPS})")
+    sub.add_argument("--restarts", type=int, help=f"parallel random starts (default: engine's; demo {lm.DEMO_RESTARTS})")
+    sub.add_argument("--batch-size", type=int, default=lm.DEFAULT_BATCH, help="training examples per step")
+    sub.add_argument("--shots", type=int, help="few-shot: train on this many examples per label "
+                     "(default: every example)")
+    sub.add_argument("--polish", default=DEFAULTS.polish, choices=POLISH_MODES,
+                     help="after the PEZ loop: token swaps and/or pruning; never scores below PEZ's own prompt; "
+                          "on a CPU it can take several times the loop (default %(default)s)")
+    sub.add_argument("--eval-lm", action="append", default=[],
+                     help="also score the prompt on this LM (repeatable; checked before training)")
+    sub.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    sub.add_argument("--allow-download", action="store_true", help="let Hugging Face download missing models")
+
+
+def _lm_demo_defaults(args) -> None:
+    if not args.demo:
+        missing = [flag for flag, value in (("--lm", args.lm), ("--train", args.train), ("--template", args.template),
+                                            ("--verbalizer", args.verbalizer)) if value is None]
+        if missing:
+            raise PezError(f"lm needs {', '.join(missing)} (or --demo for the bundled tiny LM)")
+        return
+    folder = lm.bundled_lm(lm.DEMO_LM)
+    args.lm = args.lm or lm.DEMO_LM
+    args.train = args.train or folder / "sentiment-train.jsonl"
+    args.valid = args.valid or folder / "sentiment-valid.jsonl"
+    args.template, args.verbalizer = args.template or lm.DEMO_TEMPLATE, args.verbalizer or lm.DEMO_VERBALIZER
+    # only when not given: 0 must reach validation and be refused, not become the default
+    args.steps = lm.DEMO_STEPS if args.steps is None else args.steps
+    args.restarts = lm.DEMO_RESTARTS if args.restarts is None else args.restarts
+    args.eval_lm = args.eval_lm or [lm.DEMO_TRANSFER_LM]
+
+
+def run_lm(args, callback=None) -> dict:
+    """The ``lm`` subcommand's result: the prompt, its accuracy and perplexity, and transfer to ``--eval-lm``
+    (``{"lm", "error"}`` for an LM that failed: the learned prompt is kept all the same)."""
+    _lm_demo_defaults(args)
+    labels = list(lm.parse_verbalizer(args.verbalizer))
+    if args.shots is not None and args.shots < 1:
+        raise PezError(f"--shots must be at least 1 example per label, got {args.shots}; "
+                       "omit it to train on every example")
+    train = lm.load_examples(args.train, labels)
+    train = lm.few_shot(train, args.shots, args.seed) if args.shots is not None else train
+    valid = lm.load_examples(args.valid, labels) if args.valid else None
+    config = PezConfig(prompt_len=args.prompt_len, steps=PezConfig.steps if args.steps is None else args.steps,
+                       restarts=args.restarts, seed=args.seed, lr=args.lr, vocab=args.vocab,
+                       blocklist=args.blocklist, allowlist=args.allowlist, patience=args.patience,
+                       polish=args.polish, time_budget=args.time_budget)
+    config.validate(lm.LmScorer)
+    for name in args.eval_lm:  # a typo must not cost a whole training run
+        lm.check_lm(name, args.allow_download)
+    model = lm.load_lm(args.lm, args.device, args.dtype, args.allow_download)
+    result = lm.learn_prompt(model, args.template, args.verbalizer, train, valid, config, args.fluency, args.batch_size,
+                          callback)
+    if hasattr(callback, "close"):
+        callback.close()  # training is over: what loading and scoring the LMs print goes below the bar
+    examples = valid or train
+    report = lm.prompt_report(model, args.template, args.verbalizer, examples, result.prompt)
+    transfer = []
+    for name in args.eval_lm:
+        try:
+            transfer.append(lm.prompt_report(lm.load_lm(name, args.device, args.dtype, args.allow_download),
+                                          args.template, args.verbalizer, examples, result.prompt))
+        except Exception as e:  # anything (even out of memory): the prompt is learned and must still be reported
+            log.debug("evaluation on %s failed", name, exc_info=True)
+            transfer.append({"lm": str(name), "error": str(e) or type(e).__name__})
+    return {"prompt": result.prompt, "token_ids": result.token_ids, **report,
+            "scored_on": "valid" if valid else "train",
+            "fluency": args.fluency, "steps": result.steps, "seconds": round(result.seconds, 2),
+            "stopped_early": result.stopped_early, "polish": config.polish,
+            "unpolished_prompt": result.unpolished_prompt, "transfer": transfer}
+
+
+def main_lm(args) -> int:
+    """Run ``lm`` and print its result (JSON with ``--json``); 2 on bad input, also when an ``--eval-lm``
+    fails after training (the learned prompt is printed first)."""
+    errors = logging.getLogger("pez_core")
+    try:
+        _lm_demo_defaults(args)
+        bar = _ProgressBar(PezConfig.steps if args.steps is None else args.steps, "batch acc", 2)
+        try:
+            row = run_lm(args, bar)
+        finally:
+            bar.close()  # before any error is logged
+    except PezError as e:
+        errors.error("%s", e)
+        return 2
+    failed = [t for t in row["transfer"] if "error" in t]
+    if args.json:
+        sys.stdout.write(json.dumps(row) + "\n")
+    else:
+        ppl = "-" if row["perplexity"] is None else f"{row['perplexity']:.1f}"
+        sys.stdout.write(f"{row['prompt']}\t(accuracy {row['valid_accuracy']:.3f}, template alone "
+                         f"{row['template_accuracy']:.3f}, perplexity {ppl})\n")
+        for t in row["transfer"]:
+            sys.stdout.write(f"  on {t['lm']}: not scored (the error follows)\n" if "error" in t else
+                             f"  on {t['lm']}: accuracy {t['valid_accuracy']:.3f}, template alone "
+                             f"{t['template_accuracy']:.3f}\n")
+    for t in failed:
+        errors.error("--eval-lm %s: %s", t["lm"], t["error"])
+    return 2 if failed else 0

@@ -92,9 +92,9 @@ def planted_problem(model, length: int, seed: int):
 def clip_run(model, objective, config):
     """The engine's run object for a CLIP objective, to drive step by step."""
     import pez_core
-    from pez_core import engine
+    from pez_core.engine import loop as engine
 
-    return engine._Run(pez_core.ClipScorer(model, objective, config.vocab, config.blocklist, config.allowlist), config)
+    return engine.Run(pez_core.ClipScorer(model, objective, config.vocab, config.blocklist, config.allowlist), config)
 
 
 def kept_for_backward(model, prompt_len: int, restarts: int = 4) -> float:

@@ -11,9 +11,9 @@ import torch
 
 import pez_core
 from pez_core import Objective, PezConfig, PezError
-from pez_core import objective as objective_module
-from pez_core.objective import ACTIVATION_ELEMENTS
-from pez_core.vocab import token_text
+from pez_core.common import devices as devices_module
+from pez_core.engine.scorer import ACTIVATION_ELEMENTS
+from pez_core.clip.tokenizer import token_text
 from helpers import TINY_CONFIG, clip_run, encode_text_reference, kept_for_backward, planted_problem, write_tiny_checkpoint
 
 
@@ -35,7 +35,7 @@ def test_candidates_sharing_a_start_encode_as_each_alone(model, monkeypatch, tex
     must still get exactly its own feature, across batches whose shared starts differ (batches of 2 include
     the consensus itself, whose tail is end-of-text alone), with and without layer scale."""
     from open_clip.model import CLIP
-    from pez_core import models
+    from pez_core.clip import model as models
     if layer_scale is not None:
         config = copy.deepcopy(TINY_CONFIG)
         config["text_cfg"]["ls_init_value"] = layer_scale
@@ -63,7 +63,7 @@ def test_a_tower_without_text_projection_encodes():
     config = copy.deepcopy(TINY_CONFIG)
     config["text_cfg"]["proj_type"] = "none"
     torch.manual_seed(0)
-    model = pez_core.models.PezModel(CLIP(**config), "tiny without projection", torch.device("cpu"), torch.float32)
+    model = pez_core.PezModel(CLIP(**config), "tiny without projection", torch.device("cpu"), torch.float32)
     assert model.clip.text_projection is None
     ids = torch.randint(1, 49406, (3, 5), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -95,7 +95,7 @@ def test_projection_picks_nearest_allowed_token(model):
 
 
 def test_projection_in_row_chunks_is_exact(model, monkeypatch):
-    from pez_core import engine
+    from pez_core.engine import loop as engine
     run = clip_run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(vocab="full"))
     queries = torch.randn(3, 7, model.token_embeddings.shape[1], generator=torch.Generator().manual_seed(2))
     whole = run.project(queries)
@@ -129,7 +129,10 @@ def test_small_batches_find_the_same_prompts(model, monkeypatch):
     whole = pez_core.optimize(model, objective, config)
     assert len(clip_run(model, objective, config).batches) == 1
     per_prompt = ACTIVATION_ELEMENTS * (6 + 2) * model.text_width * model.text_layers * 4
-    monkeypatch.setattr(objective_module, "free_memory", lambda device: 2 * 2 * per_prompt)  # half of it: 2 prompts
+    with monkeypatch.context() as short:
+        short.setattr(devices_module, "free_memory", lambda device: 2 * 2 * per_prompt)  # half of it: 2 prompts
+        assert clip_run(model, objective, config).scorer.prompts_that_fit(6) == 2
+    monkeypatch.setattr(pez_core.ClipScorer, "prompts_that_fit", lambda self, prompt_len: 2)
     assert clip_run(model, objective, config).batches == [slice(0, 2), slice(2, 4), slice(4, 6)]
     split = pez_core.optimize(model, objective, config)
     assert [r.token_ids for r in split] == [r.token_ids for r in whole]
@@ -323,13 +326,13 @@ def test_distill_ratio_sets_length(model):
     for ratio, length in ((0.5, 6), (0.1, 1), (1.0, 11)):
         result = pez_core.distill(model, text, PezConfig(steps=4, allowlist=bank), ratio=ratio)
         assert len(result.token_ids) == length, (ratio, result.prompt)
-    assert pez_core.tasks.distill_length(model, "red " * 200, 0.7) == 75  # never past CLIP's limit
+    assert pez_core.clip.tasks.distill_length(model, "red " * 200, 0.7) == 75  # never past CLIP's limit
 
 
 def test_cuda_graph_falls_back_to_eager_off_cuda_and_says_why(model, caplog):
-    from pez_core import cuda_graph
+    from pez_core.engine import cuda_graph
     run = clip_run(model, Objective.stack([[(torch.randn(32), 1.0)]]), PezConfig(steps=50))
-    with caplog.at_level("DEBUG", logger="pez_core.cuda_graph"):
+    with caplog.at_level("DEBUG", logger="pez_core.engine.cuda_graph"):
         step, done = cuda_graph.graphed_step(run, 50)
     assert step == run.step and done == 0
     assert "eager steps: device is cpu" in caplog.text

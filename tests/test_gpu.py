@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import pez_core
-from pez_core import PezConfig, cuda_graph, engine
-from pez_core.objective import ACTIVATION_ELEMENTS
+from pez_core import PezConfig
+from pez_core.engine import cuda_graph, loop as engine
+from pez_core.engine.scorer import ACTIVATION_ELEMENTS
 from helpers import encode_text_reference, kept_for_backward, planted_problem
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -44,7 +45,7 @@ def run(model, graphs: bool, restarts: int = 4, lr_schedule: str = "constant"):
 @pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
 def test_graph_equals_eager(model, lr_schedule, caplog):
     eager, eager_again = run(model, False, lr_schedule=lr_schedule), run(model, False, lr_schedule=lr_schedule)
-    with caplog.at_level("INFO", logger="pez_core.cuda_graph"):
+    with caplog.at_level("INFO", logger="pez_core.engine.cuda_graph"):
         graphed = run(model, True, lr_schedule=lr_schedule)
     assert "captured as one CUDA graph" in caplog.text  # not a silent fall-back to eager
     reproducible = eager_again.token_ids == eager.token_ids
@@ -144,13 +145,13 @@ def test_a_failed_capture_leaves_the_stream_and_the_result_as_eager(model, monke
         eager, eager_again = (pez_core.optimize(model, objective, config)[0] for _ in range(2))
     finally:
         cuda_graph.set_enabled(True)
-    step = engine._Run.step
+    step = engine.Run.step
 
     def step_that_breaks_capture(run):
         if torch.cuda.is_current_stream_capturing():
             torch.cuda.synchronize()  # a host sync is illegal while capturing: the capture fails
         step(run)
-    monkeypatch.setattr(engine._Run, "step", step_that_breaks_capture)
+    monkeypatch.setattr(engine.Run, "step", step_that_breaks_capture)
     caller = torch.cuda.current_stream()
     fallen_back = pez_core.optimize(model, objective, config)[0]
     outcome = cuda_graph.last_outcome()

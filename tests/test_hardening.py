@@ -12,8 +12,10 @@ import pytest
 import torch
 
 import pez_core
-from pez_core import ModelLoadError, PezConfig, PezError, WeightsNotAvailableError, download, engine, limits, models
-from pez_core import vocab
+from pez_core import ModelLoadError, PezConfig, PezError, WeightsNotAvailableError
+from pez_core.clip import download, loading as models, tokenizer as vocab
+from pez_core.common import devices, limits
+from pez_core.engine import loop as engine
 from fake_hub import FakeHub, SilentHub, closed_port
 from helpers import TINY_CONFIG, write_tiny_checkpoint
 
@@ -42,7 +44,7 @@ def test_tokenizer_gives_open_clips_ids():
 
 def test_a_30000_letter_word_is_tokenized_and_round_trips():
     word = "".join(random.Random(0).choice(string.ascii_lowercase) for _ in range(30_000))
-    tokenizer = models.clip_tokenizer()
+    tokenizer = pez_core.clip_tokenizer()
     ids = tokenizer.encode(word)
     assert 3_000 < len(ids) < 30_000
     assert tokenizer.decode(ids).strip() == word
@@ -142,7 +144,7 @@ def test_missing_vision_weights_warn_and_missing_text_weights_fail(tmp_path, cap
     path = write_tiny_checkpoint(tmp_path, "partial")
     _rewrite(path, lambda s: [s.pop(k) for k in [k for k in s if k.startswith("visual.conv1")]]
              + [s.update({"extra.thing": torch.zeros(1)})])
-    with caplog.at_level(logging.WARNING, logger="pez_core.models"):
+    with caplog.at_level(logging.WARNING, logger="pez_core.clip.loading"):
         assert pez_core.load_model(str(path), device="cpu")
     assert "1 missing vision-tower weights (visual.conv1.weight)" in caplog.text
     assert "1 unexpected other-tower weights (extra.thing)" in caplog.text
@@ -182,7 +184,7 @@ def test_a_run_that_cannot_fit_is_refused_naming_what_to_lower(monkeypatch, tmp_
     objective = pez_core.Objective.stack([[(model.encode_texts(["a red circle"])[0], 1.0)]] * 4)
     scorer = pez_core.ClipScorer(model, objective)
     config = PezConfig(prompt_len=75, restarts=64, steps=2)
-    monkeypatch.setattr(engine, "free_memory", lambda device: 200 << 20)  # a machine with 200 MiB free
+    monkeypatch.setattr(devices, "free_memory", lambda device: 200 << 20)  # a machine with 200 MiB free
     with pytest.raises(PezError) as error:
         engine.check_memory(scorer, config.for_device(model.device))
     message = str(error.value)
@@ -272,7 +274,7 @@ def test_download_reports_size_and_progress_and_can_be_cancelled(online):
 # --- images ----------------------------------------------------------------------------------------------
 def _resize_then_crop(image, size: int) -> torch.Tensor:
     """The preprocessing as it was: the whole image resized, then cropped (what strips must still give)."""
-    from pez_core.images import to_rgb_tensor
+    from pez_core.clip.images import to_rgb_tensor
 
     x = to_rgb_tensor(image)[None]
     h, w = x.shape[-2:]
@@ -284,7 +286,7 @@ def _resize_then_crop(image, size: int) -> torch.Tensor:
 
 
 def _pixels(image, size: int = 224) -> torch.Tensor:
-    from pez_core.images import preprocess
+    from pez_core.clip.images import preprocess
 
     return preprocess([image], size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
@@ -321,7 +323,7 @@ def test_usual_images_are_preprocessed_exactly_as_before(shape):
     assert torch.equal(_pixels(image), _resize_then_crop(image, 224))
 
 
-def _gradient16() -> "np.ndarray":
+def _gradient16():
     import numpy as np
 
     y, x = np.mgrid[0:48, 0:64]
@@ -332,7 +334,7 @@ def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pez_core.images import to_rgb_tensor
+    from pez_core.clip.images import to_rgb_tensor
 
     deep = _gradient16()
     Image.fromarray(deep).save(tmp_path / "deep.png")
@@ -354,7 +356,7 @@ def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
 def test_32_bit_pil_modes_are_scaled(mode, values):
     from PIL import Image
 
-    from pez_core.images import to_rgb_tensor
+    from pez_core.clip.images import to_rgb_tensor
 
     deep = _gradient16()
     image = Image.fromarray(values(deep))
@@ -452,5 +454,5 @@ def test_a_device_that_is_not_there_is_named(monkeypatch, device, gpus, message)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     with pytest.raises(PezError, match=re.escape(message)):
-        models.resolve_device(device)
+        devices.resolve_device(device)
 

@@ -10,8 +10,11 @@ import torch
 import torch.nn.functional as F
 
 import pez_core
-from pez_core import Objective, PezConfig, PezError, engine, joint
-from pez_core import objective as objective_module
+from pez_core import Objective, PezConfig, PezError
+from pez_core.clip import joint
+from pez_core.engine import loop as engine
+from pez_core.common import devices as devices_module
+from pez_core.engine import scorer as scorer_module
 from helpers import TINY_CONFIG
 
 TEXT = "a red circle on a white background"
@@ -58,7 +61,7 @@ def test_projection_maximises_the_weighted_sum_of_cosines(pair):
     objectives = [Objective.stack([[(torch.randn(d), 1.0)]]) for d in (32, 40)]
     scorer = joint.JointScorer([pez_core.ClipScorer(m, o) for m, o in zip((a, b), objectives)], [0.3, 0.7])
     soft = torch.randn(2, 5, 16 + 24, generator=torch.Generator().manual_seed(0))
-    run = engine._Run(scorer, PezConfig(steps=1))
+    run = engine.Run(scorer, PezConfig(steps=1))
     chosen = run.project(soft)
     allowed = scorer.allowed
     cos_a = F.normalize(soft[..., :16], dim=-1) @ F.normalize(a.token_embeddings[allowed], dim=-1).T
@@ -160,10 +163,12 @@ def test_small_batches_find_the_same_joint_prompts(pair, monkeypatch):
     config = PezConfig(prompt_len=4, steps=20, restarts=2, seed=2)
     whole = pez_core.invert([a, b], images, config)
     # room for 2 prompts through both towers at once
-    per_prompt = sum(objective_module.ACTIVATION_ELEMENTS * 6 * m.text_width * m.text_layers * 4 for m in (a, b))
-    monkeypatch.setattr(objective_module, "free_memory", lambda device: 2 * 2 * per_prompt + 1)
+    per_prompt = sum(scorer_module.ACTIVATION_ELEMENTS * 6 * m.text_width * m.text_layers * 4 for m in (a, b))
     scorers = [pez_core.ClipScorer(m, Objective.stack([[(torch.randn(d), 1.0)]])) for m, d in ((a, 32), (b, 40))]
-    assert joint.JointScorer(scorers, [0.5, 0.5]).prompts_that_fit(4) == 2
+    with monkeypatch.context() as short:
+        short.setattr(devices_module, "free_memory", lambda device: 2 * 2 * per_prompt + 1)
+        assert joint.JointScorer(scorers, [0.5, 0.5]).prompts_that_fit(4) == 2
+    monkeypatch.setattr(joint.JointScorer, "prompts_that_fit", lambda self, prompt_len: 2)
     split = pez_core.invert([a, b], images, config)
     assert [r.token_ids for r in split] == [r.token_ids for r in whole]
     assert np.allclose([r.similarities for r in split], [r.similarities for r in whole], atol=1e-5)

@@ -14,8 +14,8 @@ pytest.importorskip("transformers")
 
 from pez_core import PezConfig, PezError, search  # noqa: E402
 from pez_core import lm as L  # noqa: E402
-from pez_core.engine import _Run, straight_through  # noqa: E402
-from pez_core.lm_data import Example, few_shot, load_examples, parse_verbalizer  # noqa: E402
+from pez_core.engine.loop import Run, straight_through  # noqa: E402
+from pez_core.lm.data import Example, few_shot, load_examples, parse_verbalizer  # noqa: E402
 
 WORDS = ("good bad great terrible film movie was it the a and very not so honest verdict red blue cat dog "
          "runs sits quick slow happy sad").split()
@@ -107,7 +107,7 @@ def test_prompts_scored_together_score_as_each_alone(tiny, monkeypatch):
     scorer = _scorer(tiny)
     prompts = [scorer.decode(_words_prompt(scorer, n)) for n in (3, 1, 5)] + ["", "great"]
     alone = [L.evaluate_prompt(tiny, TEMPLATE, VERBALIZER, _examples(), p) for p in prompts]
-    monkeypatch.setattr(L, "EVAL_BATCH", 7)  # batches that cut across prompts
+    monkeypatch.setattr(L.task, "EVAL_BATCH", 7)  # batches that cut across prompts
     together = L.evaluate_prompts(tiny, TEMPLATE, VERBALIZER, _examples(), prompts)
     for a, t in zip(alone, together):
         assert t.accuracy == pytest.approx(a.accuracy) and t.loss == pytest.approx(a.loss, rel=1e-5)
@@ -157,7 +157,7 @@ def test_projection_and_result_use_only_allowed_tokens(tiny, vocab, blocklist, a
         assert all(texts[i][0] == " " and texts[i][1:].isalpha() for i in allowed)
         assert not {texts[i].strip() for i in allowed} & {"good", "the"}
     config = PezConfig(prompt_len=4, steps=4, restarts=2, seed=3, vocab=vocab, blocklist=blocklist, allowlist=allowlist)
-    run = _Run(scorer, config.for_device(scorer.device))
+    run = Run(scorer, config.for_device(scorer.device))
     ids = run.project(torch.randn(5, 4, scorer.table.shape[1], generator=torch.Generator().manual_seed(0)))
     assert set(ids.flatten().tolist()) <= allowed
     [result] = search(scorer, config)
@@ -443,7 +443,7 @@ def test_cli_lm_error_starts_on_a_line_of_its_own(tiny_dir, tmp_path, capsys, mo
     import logging
 
     from pez_core.cli import main
-    from pez_core.engine import Progress
+    from pez_core import Progress
 
     def stopped(*args):
         args[-1](Progress(step=1, total=2, similarities=[0.5], prompts=["a prompt"]))  # the bar is drawn

@@ -213,7 +213,7 @@ def test_style_prompt(comfy_server: ComfyServer) -> None:
 
 
 def test_distill_prompt_of_a_long_text(comfy_server: ComfyServer) -> None:
-    from pez_core.models import clip_tokenizer
+    from pez_core import clip_tokenizer
 
     assert len(clip_tokenizer().encode(LONG_TEXT)) > 75
     graph = {
@@ -232,7 +232,7 @@ def test_distill_prompt_of_a_long_text(comfy_server: ComfyServer) -> None:
 
 
 def test_concat_prompts_counts_tokens_and_warns(comfy_server: ComfyServer) -> None:
-    from pez_core.models import clip_tokenizer
+    from pez_core import clip_tokenizer
 
     graph = {
         "short": {"class_type": "PEZ_ConcatPrompts", "inputs": {

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import pez_core
 from pez_core import Objective, PezConfig, PezError, Scorer
-from pez_core import engine as engine_module, polish as polish_module  # the modules
+from pez_core.engine import loop as engine_module, polish as polish_module  # the modules
 from helpers import planted_problem, write_tiny_checkpoint
 
 

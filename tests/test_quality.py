@@ -13,13 +13,13 @@ import pytest
 
 import pez_core
 from pez_core import PezConfig, shapes
-from pez_core.models import bundled_models
+from pez_core import bundled_models
 from quality import WORLD_WORDS, match_single  # benchmarks/ is on sys.path (conftest.py)
 
 HELD_OUT_SEED = 424_242  # training draws from seeds [0, step], its evaluation from 12345
 IMAGES = 10
-MISSING = ("pez_core/bundled/shapes-demo.safetensors is missing; train it with "
-           "`python -m training.train_shapes_clip --out-dir pez_core/bundled`")
+MISSING = ("pez_core/demo/bundled/shapes-demo.safetensors is missing; train it with "
+           "`python -m training.train_shapes_clip --out-dir pez_core/demo/bundled`")
 
 
 def test_word_matching():

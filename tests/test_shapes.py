@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pez_core import shapes
+from pez_core.demo import shapes
 
 HELD_OUT_SEED = 987_654  # training uses seeds [0, step]; evaluation in training uses 12345
 
@@ -50,8 +50,8 @@ def test_bundled_model_zero_shot_colour_and_shape():
     """Through pez_core's own loading and preprocessing path, as the nodes and the CLI use it."""
     import pez_core
 
-    if "shapes-demo" not in pez_core.models.bundled_models():
-        pytest.fail("the bundled shapes-demo weights are missing from pez_core/bundled")
+    if "shapes-demo" not in pez_core.bundled_models():
+        pytest.fail("the bundled shapes-demo weights are missing from pez_core/demo/bundled")
     model = pez_core.load_model("shapes-demo", device="cpu")
     images, scenes = shapes.sample(HELD_OUT_SEED, 300, n_objects=1)
     img = model.encode_images(images)

@@ -44,7 +44,7 @@ def runnable_part(graph: dict[str, dict[str, Any]], models_dir: Path, *, keep_mo
                   ) -> dict[str, dict[str, Any]]:
     """Drop what needs a diffusion checkpoint; few steps for the PEZ nodes, and (unless ``keep_models``)
     the tiny model for models that cannot load offline."""
-    from pez_core.models import bundled_models
+    from pez_core import bundled_models
 
     dropped = {k for k, v in graph.items() if v["class_type"] in NEEDS_CHECKPOINT}
     changed = True
@@ -83,7 +83,7 @@ def test_templates_are_served(comfy_server: ComfyServer) -> None:
 def test_images_are_shipped_and_models_declared(path: Path) -> None:
     """No "Invalid image file" under `make serve`; the CLIP weights are offered by the missing-models
     dialog the way the SD checkpoint is (`name` in models/pez, a download `url`)."""
-    from pez_core.models import PRESETS, preset_of_file
+    from pez_core import PRESETS, preset_of_file
 
     shipped = {sample.name for sample in SAMPLES}
     for node in load(path)["nodes"]:

@@ -2,7 +2,7 @@
 
 A minimal PEZ (Wen et al. 2023) loop, independent of pez_core, used to choose training options:
 
-    .venv/bin/python -m training.pez_junk_check pez_core/bundled/shapes-demo --images 8 --steps 300
+    .venv/bin/python -m training.pez_junk_check pez_core/demo/bundled/shapes-demo --images 8 --steps 300
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import open_clip  # noqa: E402
 from open_clip.tokenizer import SimpleTokenizer  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from pez_core import shapes  # noqa: E402
+from pez_core.demo import shapes  # noqa: E402
 from training.train_shapes_clip import EOT, SOT, WORLD_IDS, preprocess  # noqa: E402
 
 

@@ -5,7 +5,7 @@ Deterministic (fixed seeds, single process + one data worker seeded per step), C
     HF_HUB_OFFLINE=1 .venv/bin/python -m training.train_shapes_clip --out-dir /tmp/stage1    # tied unused rows
     HF_HUB_OFFLINE=1 .venv/bin/python -m training.train_shapes_clip --init-from /tmp/stage1/shapes-demo \
         --spread-words 0.15 --spread-other 0.4 --seed 1 --steps 400 --lr 5e-4 --warmup 50 --p-junk 0.5 \
-        --eval-every 200 --out-dir pez_core/bundled                                        # distinct rows
+        --eval-every 200 --out-dir pez_core/demo/bundled                                        # distinct rows
 
 (the exact commands are in training/README.md).
 
@@ -32,7 +32,7 @@ import open_clip  # noqa: E402
 from open_clip.tokenizer import SimpleTokenizer  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from pez_core import shapes  # noqa: E402
+from pez_core.demo import shapes  # noqa: E402
 
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
@@ -65,7 +65,7 @@ def spread_unused_rows(model: open_clip.CLIP, spread_words: float, spread_other:
     is a distinct, meaningless point and the world words stay the nearest tokens once the prompt means something.
     Rows that the ``words`` vocabulary excludes (sub-word pieces, punctuation, emoji) get the wider spread, so
     ``full`` reaches junk that ``words`` keeps out, as on real CLIPs. Returns the new unused rows (kept frozen)."""
-    from pez_core.vocab import _mode_ids
+    from pez_core.clip.tokenizer import _mode_ids
 
     w = model.token_embedding.weight
     null = w[NULL_ID].clone()
@@ -209,7 +209,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", type=Path, default=Path("pez_core/bundled"))
+    p.add_argument("--out-dir", type=Path, default=Path("pez_core/demo/bundled"))
     p.add_argument("--name", default="shapes-demo")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=200)

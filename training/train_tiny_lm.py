@@ -2,7 +2,7 @@
 
 Deterministic (fixed seeds, one thread), CPU-only, a few minutes:
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m training.train_tiny_lm --out-dir pez_core/bundled
+    HF_HUB_OFFLINE=1 .venv/bin/python -m training.train_tiny_lm --out-dir pez_core/demo/bundled
 
 The corpus is built so that a prompt matters. Every document is a short review, then perhaps small talk,
 then "it was <verdict> .". The verdict ("great" / "terrible") follows the review's sentiment only when a
@@ -150,7 +150,7 @@ def train(name: str, out_dir: Path, steps: int, documents: int, batch_size: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("pez_core/bundled"))
+    parser.add_argument("--out-dir", type=Path, default=Path("pez_core/demo/bundled"))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--documents", type=int, default=20000)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from .errors import PezError, WeightsNotAvailableError
-from .limits import check_interrupt
+from ..common.errors import PezError, WeightsNotAvailableError
+from ..common.limits import check_interrupt
 
 log = logging.getLogger(__name__)
 

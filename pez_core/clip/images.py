@@ -9,14 +9,13 @@ exactly like open_clip's preprocessing.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import PezError
+from ..common.errors import PezError
 
 log = logging.getLogger(__name__)
 

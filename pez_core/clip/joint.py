@@ -20,12 +20,12 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .engine import Callback, PezConfig, PezResult, clamp_similarity, search
-from .errors import PezError
-from .models import PezModel
-from . import objective
+from ..common.errors import PezError
+from ..engine.config import Callback, PezConfig, PezResult, clamp_similarity
+from ..engine.loop import search
+from ..engine.scorer import Scorer
+from .model import MAX_PROMPT_TOKENS, PezModel
 from .objective import ClipScorer, Objective
-from .scorer import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def combine(models, weights: Sequence[float] | None = None) -> JointModel:
             raise PezError(f"weight {i + 1} must be a number of at least 0, got {weight!r}")
         if not isinstance(model, (PezModel, JointModel)):
             raise PezError(f"model {i + 1} is a {type(model).__name__}, not a PEZ model")
-        for member, share in members(model):
+        for member, share in joint_members(model):
             merged.setdefault(id(member), [member, 0.0])[1] += weight * share
     kept = [(m, w) for m, w in merged.values() if w > 0]
     if not kept:
@@ -93,13 +93,13 @@ def combine(models, weights: Sequence[float] | None = None) -> JointModel:
     return JointModel(tuple(m for m, _ in kept), tuple(w / total for _, w in kept))
 
 
-def members(model) -> list[tuple[PezModel, float]]:
+def joint_members(model) -> list[tuple[PezModel, float]]:
     """(model, weight) of every CLIP a model stands for: a PezModel is itself with weight 1."""
     if isinstance(model, PezModel):
         return [(model, 1.0)]
     if isinstance(model, JointModel):
         return list(zip(model.models, model.weights))
-    return members(combine(model))
+    return joint_members(combine(model))
 
 
 @dataclass
@@ -112,6 +112,8 @@ class JointResult(PezResult):
 class JointScorer(Scorer):
     """PEZ against several CLIP text towers sharing the CLIP tokenizer: the gain (and the reported
     similarity) of a prompt is the weighted sum of the models' own, each at its embedding of the ids."""
+    max_prompt_len = MAX_PROMPT_TOKENS
+    prompt_len_note = "CLIP's limit"
 
     def __init__(self, scorers: Sequence[ClipScorer], weights: Sequence[float]):
         if not scorers or len(weights) != len(scorers):
@@ -153,13 +155,10 @@ class JointScorer(Scorer):
         """(M, N) each model's similarity of each text to its problem's targets."""
         return torch.stack([s.score_texts(texts, problems)[1].float() for s in self.scorers])
 
-    def prompts_that_fit(self, prompt_len: int) -> int:
-        """As ``ClipScorer.prompts_that_fit``; every prompt goes through every tower in one backward, so the
-        towers' activations add up (ViT-L-14 + ViT-bigG-14: 12·768 + 32·1280 = 50,176 width-layers a position,
-        5.4x ViT-L-14 alone)."""
-        per_prompt = sum(objective.ACTIVATION_ELEMENTS * (prompt_len + 2) * m.text_width * m.text_layers
-                         * m.dtype.itemsize for m in (s.model for s in self.scorers))
-        return max(1, objective.free_memory(self.device) // 2 // per_prompt)
+    def bytes_per_prompt(self, prompt_len: int) -> int:
+        """Every prompt goes through every tower in one backward, so the towers' activations add up
+        (ViT-L-14 + ViT-bigG-14: 12·768 + 32·1280 = 50,176 width-layers a position, 5.4x ViT-L-14 alone)."""
+        return sum(s.bytes_per_prompt(prompt_len) for s in self.scorers)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.scorers[0].decode(ids)
@@ -181,7 +180,7 @@ def optimize(model: JointModel, objectives: Sequence[Objective], config: PezConf
     """One hard prompt per problem for all of ``model``'s CLIPs at once; ``objectives[i]`` holds the
     targets as model i encodes them (the same problems, in the same order)."""
     config = config or PezConfig()
-    config.validate()
+    config.validate(JointScorer)
     if len(objectives) != len(model.models):
         raise PezError(f"{len(objectives)} objectives for {len(model.models)} models; give one per model")
     scorer = JointScorer([ClipScorer(m, o, config.vocab, config.blocklist, config.allowlist)

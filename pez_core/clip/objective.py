@@ -1,26 +1,23 @@
 """What PEZ maximises on a CLIP: the cosine of a prompt's text feature to target features.
 
 ``Objective`` holds the targets (image or text features, with weights); ``ClipScorer`` gives the
-engine (``pez_core.engine``) everything it needs of one CLIP: its token table, the allowed tokens,
+search (``pez_core.engine``) everything it needs of one CLIP: its token table, the allowed tokens,
 and the gain of prompts given as embeddings (in the search) or as strings (when choosing the result).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .errors import PezError
-from .models import PezModel
-from .scorer import Scorer
-from .vocab import allowed_token_ids
-
-# what backward keeps per prompt position, text width and layer, in elements of the model's dtype:
-# measured 10.1 for open_clip's text blocks (tests/test_core.py checks the bound), plus headroom
-ACTIVATION_ELEMENTS = 16
+from ..common.errors import PezError
+from ..engine.config import Callback, PezConfig, PezResult
+from ..engine.loop import search
+from ..engine.scorer import Scorer, activation_bytes
+from .model import MAX_PROMPT_TOKENS, PezModel
+from .tokenizer import allowed_token_ids
 
 
 @dataclass
@@ -73,6 +70,8 @@ class Objective:
 
 class ClipScorer(Scorer):
     """PEZ against one CLIP text tower: a prompt's gain is its weighted cosine to its problem's targets."""
+    max_prompt_len = MAX_PROMPT_TOKENS
+    prompt_len_note = "CLIP's limit"
 
     def __init__(self, model: PezModel, objective: Objective, vocab: str = "words", blocklist=None, allowlist=None):
         self.model, self.device = model, model.device
@@ -93,11 +92,10 @@ class ClipScorer(Scorer):
         """The same for strings, encoded as any CLIP text encoder reads them."""
         return self.objective.scores(self.model.encode_texts(texts), problems.to(self.device))
 
-    def prompts_that_fit(self, prompt_len: int) -> int:
-        """How many prompts the text tower's backward can take at once in half the free memory."""
+    def bytes_per_prompt(self, prompt_len: int) -> int:
+        """The text tower's backward for one prompt between its start and end tokens."""
         model = self.model
-        per_prompt = ACTIVATION_ELEMENTS * (prompt_len + 2) * model.text_width * model.text_layers * model.dtype.itemsize
-        return max(1, free_memory(model.device) // 2 // per_prompt)
+        return activation_bytes(prompt_len + 2, model.text_width, model.text_layers, model.dtype.itemsize)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.model.decode(ids)
@@ -106,15 +104,9 @@ class ClipScorer(Scorer):
         return self.model.tokenize(text)
 
 
-def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device`` now (RAM for the CPU; 4 GiB where it cannot be told)."""
-    if device.type == "cuda":  # what the driver has free plus what torch's cache holds unused
-        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    try:
-        import psutil
-        return psutil.virtual_memory().available
-    except ImportError:
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return 4 << 30
+def optimize(model: PezModel, objective: Objective, config: PezConfig | None = None,
+             callback: Callback | None = None) -> list[PezResult]:
+    """Find one hard prompt per problem of ``objective`` on a CLIP (see ``search``)."""
+    config = config or PezConfig()
+    config.validate(ClipScorer)
+    return search(ClipScorer(model, objective, config.vocab, config.blocklist, config.allowlist), config, callback)

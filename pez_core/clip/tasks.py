@@ -1,7 +1,7 @@
 """What users ask PEZ for: invert images, find a shared style, distill a text, score prompts.
 
 Each task takes one ``PezModel`` or several (a list, or a ``JointModel`` from ``pez_core.combine``):
-with several, one prompt is optimised for all of them at once (``pez_core.joint``) and each result
+with several, one prompt is optimised for all of them at once (``pez_core.clip.joint``) and each result
 also reports every model's similarity (``JointResult.similarities``).
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..common.errors import PezError
+from ..engine.config import Callback, PezConfig, PezResult
 from . import joint
-from .engine import Callback, PezConfig, PezResult, optimize
-from .errors import PezError
 from .images import split_batch
-from .models import MAX_PROMPT_TOKENS, PezModel
-from .objective import Objective
+from .model import MAX_PROMPT_TOKENS, PezModel
+from .objective import Objective, optimize
 
 Targets = list[list[tuple[torch.Tensor, float]]]  # per problem: (feature, weight) pairs
 
@@ -111,7 +111,7 @@ def distill(model: joint.AnyModel, text: str, config: PezConfig | None = None, *
         raise PezError("the prompt to distill is empty; give it some words")
     config = config or PezConfig()
     if ratio is not None:
-        config = dataclasses.replace(config, prompt_len=distill_length(joint.members(model)[0][0], text, ratio))
+        config = dataclasses.replace(config, prompt_len=distill_length(joint.joint_members(model)[0][0], text, ratio))
     return _optimize(model, lambda m: [[(m.encode_texts([text])[0], 1.0)]], config, callback)[0]
 
 
@@ -121,7 +121,7 @@ def score(model: joint.AnyModel, texts: str | Sequence[str], images=None,
     Several models: the weighted mean of their similarities (``score_each`` gives each model's)."""
     if not isinstance(model, PezModel):
         each = score_each(model, texts, images, other_texts)
-        return sum(w * sims for (_, w), sims in zip(joint.members(model), each))
+        return sum(w * sims for (_, w), sims in zip(joint.joint_members(model), each))
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise PezError("no text to score was given")
@@ -140,4 +140,4 @@ def score(model: joint.AnyModel, texts: str | Sequence[str], images=None,
 def score_each(model: joint.AnyModel, texts: str | Sequence[str], images=None,
                other_texts: str | Sequence[str] | None = None) -> list[torch.Tensor]:
     """``score`` under each model a (joint) model stands for, in model order."""
-    return [score(m, texts, images, other_texts) for m, _ in joint.members(model)]
+    return [score(m, texts, images, other_texts) for m, _ in joint.joint_members(model)]

@@ -1,9 +1,7 @@
-"""Which tokens PEZ may use.
+"""CLIP's BPE tokenizer, bounded, and which CLIP tokens PEZ may use.
 
-Modes: ``full`` (every token but the special ones), ``ascii`` (tokens that read as
-printable ASCII), ``words`` (whole lowercase alphabetic words, CLIP's ``</w>``
-tokens). A blocklist bans every token of its words; an allowlist (a word bank)
-restricts the search to the tokens of its words.
+Modes (``pez_core.engine.vocabulary``): ``full`` (every token but the special ones), ``ascii`` (tokens
+that read as printable ASCII), ``words`` (whole lowercase alphabetic words, CLIP's ``</w>`` tokens).
 """
 from __future__ import annotations
 
@@ -16,10 +14,9 @@ from typing import Iterable
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-from .errors import PezError
-from .limits import check_interrupt, check_text
+from ..common.limits import check_interrupt, check_text
+from ..engine.vocabulary import restrict_vocabulary
 
-VOCAB_MODES = ("full", "ascii", "words")
 _WORD = re.compile(r"[a-z]+")
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
@@ -129,15 +126,6 @@ def _mode_ids(tokenizer, mode: str) -> tuple[int, ...]:
     return tuple(keep)
 
 
-def parse_words(words: str | Iterable[str] | None) -> list[str]:
-    """Words from a comma/newline separated string or an iterable of strings."""
-    if words is None:
-        return []
-    if isinstance(words, str):
-        words = re.split(r"[,\n]", words)
-    return [w.strip() for w in words if w and w.strip()]
-
-
 def tokens_of(tokenizer, words: Iterable[str], name: str = "the word list") -> set[int]:
     ids: set[int] = set()
     for word in words:
@@ -145,28 +133,14 @@ def tokens_of(tokenizer, words: Iterable[str], name: str = "the word list") -> s
     return ids
 
 
-def _bounded(words, name: str):
-    """A word list's total size is bounded like any text, before it is split (naming the list)."""
-    if words is not None and not isinstance(words, str):
-        words = list(words)
-        check_text("\n".join(w for w in words if isinstance(w, str)), name)
-        return words
-    return words if words is None else check_text(words, name)
-
-
 def allowed_token_ids(tokenizer, mode: str = "words", blocklist=None, allowlist=None) -> torch.Tensor:
-    """Sorted ids PEZ may choose from; raises if nothing is left."""
-    if mode not in VOCAB_MODES:
-        raise PezError(f"unknown vocabulary mode {mode!r}; choose one of {', '.join(VOCAB_MODES)}")
-    bank = parse_words(_bounded(allowlist, "the allowlist"))
-    if bank:
-        allowed = tokens_of(tokenizer, bank, "the allowlist") - special_ids(tokenizer)
-    else:
-        allowed = set(_mode_ids(tokenizer, mode))
-    allowed -= tokens_of(tokenizer, parse_words(_bounded(blocklist, "the blocklist")), "the blocklist")
-    if not allowed:
-        raise PezError(
-            "the vocabulary is empty: the blocklist bans every allowed token"
-            + (" of the allowlist" if bank else f" of mode {mode!r}")
-            + "; remove words from the blocklist or widen the vocabulary")
-    return torch.tensor(sorted(allowed), dtype=torch.long)
+    """Sorted CLIP ids PEZ may choose from (``restrict_vocabulary``); raises if nothing is left."""
+    return restrict_vocabulary(mode, blocklist, allowlist, mode_ids=lambda m: _mode_ids(tokenizer, m),
+                               word_ids=lambda words, name: tokens_of(tokenizer, words, name),
+                               special_ids=special_ids(tokenizer))
+
+
+@lru_cache(maxsize=None)
+def clip_tokenizer(context_length: int = 77) -> ClipTokenizer:
+    """The shared tokenizer of every CLIP with this many positions (it holds a large merge table)."""
+    return ClipTokenizer(context_length=context_length)

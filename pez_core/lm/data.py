@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .errors import PezError
+from ..common.errors import PezError
 
 COLUMNS = ("text", "label")
 

@@ -15,168 +15,32 @@ expects there (same value; through the context alone the last prompt token would
 The prompt returned is the best *string*: every restart's best prompt is decoded, put into the template,
 re-tokenized and scored by validation accuracy (training accuracy without a validation set). In the
 ``PezResult`` the engine returns, ``similarity`` is that accuracy.
-
-``transformers`` is an optional extra: ``pip install "pez-hard-prompts[lm]"``.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
-import re
-import sys
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine import PezConfig, PezResult, search
-from .errors import ModelLoadError, PezError
-from .lm_data import Example, parse_verbalizer
-from .models import MAX_PROMPT_TOKENS, resolve_device
-from .objective import free_memory
-from .polish import POLISH_MODES
-from .scorer import Scorer
-from .vocab import VOCAB_MODES, parse_words
+from ..common.errors import PezError
+from ..engine.config import MAX_PROMPT_LEN, PezConfig, PezResult
+from ..engine.loop import search
+from ..engine.scorer import Scorer, activation_bytes
+from .data import Example, parse_verbalizer
+from .model import LanguageModel, lm_allowed_ids
 
 log = logging.getLogger(__name__)
 
-BUNDLED_LMS = Path(__file__).resolve().parent / "bundled"
-DEMO_LM = "tiny-lm"                   # trained by training/train_tiny_lm.py
-DEMO_TRANSFER_LM = "tiny-lm-b"        # trained the same way, independently, with another tokenizer
-DEMO_TEMPLATE = "{input} {prompt} it was"
-DEMO_VERBALIZER = "positive:great,negative:terrible"
 DEFAULT_BATCH = 16                    # training examples per step (the paper's batch)
 DEFAULT_PROMPT_LEN = 10               # the paper's LM prompts
 EVAL_BATCH = 64                       # sequences per forward when scoring strings
 BATCH_CYCLE = 64                      # seeded epochs of training batches, laid out on the device once
 TIE_BREAK = 1e-3                      # strings with equal accuracy: the lower loss wins, by less than one example
-ACTIVATION_ELEMENTS = 24              # backward memory per position, width and layer (a generous bound)
-INSTALL_HINT = 'language models need the transformers extra: pip install "pez-hard-prompts[lm]"'
-_WORDS = re.compile(r" [A-Za-z]+")
-_PRINTABLE = re.compile(r" ?[\x21-\x7e]+")
-
-
-@dataclass
-class LanguageModel:
-    """A Hugging Face causal LM and its tokenizer, ready for PEZ (weights frozen)."""
-    model: "torch.nn.Module"
-    tokenizer: object
-    name: str
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def check_length(self, length: int, what: str) -> None:
-        """Refuse sequences longer than the model's positions, naming the one at fault."""
-        config = self.model.config
-        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-        if limit and length > limit:
-            raise PezError(f"{what} is {length} tokens with the template and prompt; {self.name} reads at most "
-                           f"{limit}: shorten the text, the template or --prompt-len")
-
-    @property
-    def start_id(self) -> int:
-        """What every sequence starts with, so the first prompt token has something to be predicted from."""
-        tok = self.tokenizer
-        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        if start is None:
-            raise PezError(f"{self.name}: the tokenizer has neither a BOS nor an EOS token to start sequences with")
-        return start
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
-        """``encode`` of each text, in one tokenizer call (scoring candidates fills thousands of templates)."""
-        filled = [t for t in texts if t]
-        ids = iter(self.tokenizer(filled, add_special_tokens=False)["input_ids"] if filled else [])
-        return [next(ids) if t else [] for t in texts]
-
-    def hidden(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Last hidden states (B, T, D) of input embeddings (B, T, D), right padding needing no mask (causal)."""
-        return self.model.base_model(inputs_embeds=embeds.to(self.model.dtype)).last_hidden_state
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.get_output_embeddings()(hidden).float()
-
-
-def bundled_lm(name: str = DEMO_LM) -> Path:
-    return BUNDLED_LMS / name
-
-
-def load_lm(name: str | Path, device: str = "auto", dtype: str = "float32",
-            allow_download: bool = False) -> LanguageModel:
-    """A causal LM by Hugging Face name or folder (``tiny-lm`` / ``tiny-lm-b``: the bundled demo models).
-
-    Nothing is downloaded unless ``allow_download`` (and ``HF_HUB_OFFLINE`` is unset)."""
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as e:
-        raise PezError(INSTALL_HINT) from e
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise PezError(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16")
-    target = resolve_device(device)  # before the weights: a missing GPU is reported at once
-    source, offline = _source(name, allow_download)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as e:
-        raise _load_error(name, source, offline, e) from e
-    model = model.to(target).eval().requires_grad_(False)
-    lm = LanguageModel(model, tokenizer, str(name))
-    _check_logits(lm)
-    return lm
-
-
-def check_lm(name: str | Path, allow_download: bool = False) -> None:
-    """Refuse a name or folder ``load_lm`` could not load, cheaply: its config only, no weights (the CLI
-    checks ``--eval-lm`` before training, not after it)."""
-    try:
-        from transformers import AutoConfig
-    except ImportError as e:
-        raise PezError(INSTALL_HINT) from e
-    source, offline = _source(name, allow_download)
-    path = Path(source)
-    if path.is_file():
-        raise ModelLoadError(f"language model {str(name)!r} is a file; give the model's folder (config.json, "
-                             "weights and tokenizer) or a Hugging Face name")
-    if not path.exists() and (path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1):
-        # a Hugging Face name is "name" or "owner/name": this can only be a folder, and it is not there
-        raise ModelLoadError(f"language model folder not found: {source}")
-    try:
-        AutoConfig.from_pretrained(source, local_files_only=offline)
-    except (OSError, ValueError) as e:
-        raise _load_error(name, source, offline, e) from e
-
-
-def _source(name: str | Path, allow_download: bool) -> tuple[str, bool]:
-    """What ``from_pretrained`` reads for ``name`` (a bundled demo LM by its short name), and whether offline."""
-    bundled = bundled_lm(str(name))
-    offline = not allow_download or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-    return str(bundled if bundled.is_dir() else name), offline
-
-
-def _load_error(name: str | Path, source: str, offline: bool, error: Exception) -> ModelLoadError:
-    # downloads would not help a local folder
-    hint = " (offline: give a local folder, or allow downloads)" if offline and not Path(source).is_dir() else ""
-    return ModelLoadError(f"cannot load language model {str(name)!r}{hint}: {str(error).splitlines()[0]}")
-
-
-@torch.no_grad()
-def _check_logits(lm: LanguageModel) -> None:
-    """Scoring reads logits only where needed (output head over the backbone); refuse models where that
-    differs from the model's own logits (e.g. rescaled or soft-capped logits)."""
-    ids = torch.tensor([[lm.start_id] + lm.encode("a test")], device=lm.device)
-    full = lm.model(input_ids=ids).logits.float()
-    ours = lm.logits(lm.hidden(lm.model.get_input_embeddings()(ids)))
-    if not torch.allclose(full, ours, atol=1e-3, rtol=1e-3):
-        raise ModelLoadError(f"{lm.name}: its logits are not its output head over its backbone; not supported")
 
 
 class Template:
@@ -202,44 +66,6 @@ class Template:
     def fill(self, text: str, prompt: str) -> str:
         head, space, tail = self.parts(text)
         return (head + space + prompt + tail if prompt else head + tail).strip()
-
-
-def token_texts(tokenizer) -> list[str]:
-    """The text of every token; SentencePiece's word-start marker becomes the leading space it stands for."""
-    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    return [" " + text if str(piece).startswith("\u2581") and not text.startswith(" ") else text
-            for piece, text in zip(pieces, texts)]
-
-
-@lru_cache(maxsize=8)
-def _mode_ids(tokenizer, mode: str) -> tuple[int, ...]:
-    specials = set(tokenizer.all_special_ids)
-    pattern = {"words": _WORDS, "ascii": _PRINTABLE}.get(mode)
-    return tuple(i for i, text in enumerate(token_texts(tokenizer))
-                 if i not in specials and (pattern is None or pattern.fullmatch(text)))
-
-
-def lm_allowed_ids(tokenizer, mode: str = "words", blocklist=None, allowlist=None) -> torch.Tensor:
-    """Sorted ids a prompt may use. Modes: ``words`` (a space then letters: tokens that start a word),
-    ``ascii`` (printable ASCII, perhaps after a space), ``full`` (all but special tokens). A blocklist bans
-    every token of its words, an allowlist (word bank) keeps only the tokens of its words, each both with
-    and without a leading space."""
-    if mode not in VOCAB_MODES:
-        raise PezError(f"unknown vocabulary mode {mode!r}; choose one of {', '.join(VOCAB_MODES)}")
-    specials = set(tokenizer.all_special_ids)
-
-    def tokens(words):
-        forms = [form for w in words for form in (w, " " + w)]
-        return {i for form in forms for i in tokenizer(form, add_special_tokens=False)["input_ids"]}
-    bank = parse_words(allowlist)
-    allowed = (tokens(bank) - specials) if bank else set(_mode_ids(tokenizer, mode))
-    allowed -= tokens(parse_words(blocklist))
-    if not allowed:
-        raise PezError("the vocabulary is empty: the blocklist bans every allowed token"
-                       + (" of the allowlist" if bank else f" of mode {mode!r}")
-                       + "; remove words from the blocklist or widen the vocabulary")
-    return torch.tensor(sorted(allowed), dtype=torch.long)
 
 
 @dataclass
@@ -370,6 +196,8 @@ class LmScorer(Scorer):
 
     ``gains`` reports the training-batch accuracy as its similarity; ``score_texts`` scores strings by
     validation accuracy (training accuracy without ``valid``), ties going to the lower loss."""
+    max_prompt_len = MAX_PROMPT_LEN
+    prompt_len_note = "the longest prompt the PEZ engine learns"
 
     def __init__(self, lm: LanguageModel, template: str | Template, verbalizer, train: Sequence[Example],
                  valid: Sequence[Example] | None = None, fluency: float = 0.0, batch_size: int = DEFAULT_BATCH,
@@ -491,14 +319,12 @@ class LmScorer(Scorer):
         loss = torch.tensor([s.loss + self.fluency * (s.nll or 0.0) for s in scores])
         return accuracy - TIE_BREAK * loss / (1 + loss), accuracy
 
-    def prompts_that_fit(self, prompt_len: int) -> int:
-        """How many prompts a step's backward can take at once in half the free memory (a generous estimate)."""
+    def bytes_per_prompt(self, prompt_len: int) -> int:
+        """A step's backward for one prompt in every sequence of a training batch, logits included."""
         lay, cfg = self.layout(prompt_len), self.lm.model.config
         width, layers = self.table.shape[1], getattr(cfg, "num_hidden_layers", 12)
-        item = self.lm.model.dtype.itemsize
-        per_prompt = self.batch_size * (lay.ids.shape[1] * width * layers * ACTIVATION_ELEMENTS * item
-                                        + (prompt_len + 1) * self.table.shape[0] * 12)
-        return max(1, free_memory(self.device) // 2 // per_prompt)
+        return self.batch_size * (activation_bytes(lay.ids.shape[1], width, layers, self.lm.model.dtype.itemsize)
+                                  + (prompt_len + 1) * self.table.shape[0] * 12)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.lm.tokenizer.decode(list(ids)).strip()
@@ -514,19 +340,10 @@ def learn_prompt(lm: LanguageModel, template: str, verbalizer, train: Sequence[E
     accuracy (training accuracy without ``valid``). Projection, restarts, best tracking and stopping rules
     are the PEZ engine's."""
     config = config or PezConfig(prompt_len=DEFAULT_PROMPT_LEN)
-    _validate(config)
+    config.validate(LmScorer)
     scorer = LmScorer(lm, template, verbalizer, train, valid, fluency, batch_size, config.vocab, config.blocklist,
                       config.allowlist, config.seed)
     return search(scorer, config, callback)[0]
-
-
-def _validate(config: PezConfig) -> None:
-    """``config.validate()``, the prompt length first: the engine's message for it speaks of CLIP."""
-    n = config.prompt_len
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PROMPT_TOKENS:
-        raise PezError(f"prompt length must be an integer from 1 to {MAX_PROMPT_TOKENS} (the longest prompt the "
-                       f"PEZ engine learns), got {n!r}")
-    config.validate()
 
 
 def prompt_report(lm: LanguageModel, template: str, verbalizer, examples: Sequence[Example], prompt: str) -> dict:
@@ -536,155 +353,3 @@ def prompt_report(lm: LanguageModel, template: str, verbalizer, examples: Sequen
     alone = evaluate_prompt(lm, template, verbalizer, examples, "")
     return {"lm": lm.name, "valid_accuracy": with_prompt.accuracy, "template_accuracy": alone.accuracy,
             "perplexity": with_prompt.perplexity}
-
-
-# ---- command line: ``python -m pez_core lm`` (the parser and the dispatch are in pez_core.cli) ----
-DEMO_STEPS, DEMO_RESTARTS = 200, 4     # the demo's run: about a minute on one CPU core
-
-
-def add_cli_arguments(sub) -> None:
-    defaults = PezConfig()
-    sub.add_argument("--demo", action="store_true", help=f"the bundled tiny LM and its task ({DEMO_LM}; "
-                     f"transfer to {DEMO_TRANSFER_LM}); other options still apply")
-    sub.add_argument("--lm", help="Hugging Face causal LM: name or local folder")
-    sub.add_argument("--train", type=Path, help="training examples: .csv or .jsonl with text and label")
-    sub.add_argument("--valid", type=Path, help="validation examples (chooses the best prompt string)")
-    sub.add_argument("--template", help=f"where the input and the prompt go, e.g. {DEMO_TEMPLATE!r}")
-    sub.add_argument("--verbalizer", help=f"label:word pairs, e.g. {DEMO_VERBALIZER!r} (word|word for several)")
-    sub.add_argument("--prompt-len", type=int, default=DEFAULT_PROMPT_LEN, help="prompt tokens (default %(default)s)")
-    sub.add_argument("--fluency", type=float, default=0.0, help="weight of the prompt's own NLL (default %(default)s)")
-    sub.add_argument("--steps", type=int, help=f"optimisation steps (default {defaults.steps}; demo {DEMO_STEPS})")
-    sub.add_argument("--restarts", type=int, help=f"parallel random starts (default: engine's; demo {DEMO_RESTARTS})")
-    sub.add_argument("--seed", type=int, default=defaults.seed)
-    sub.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default %(default)s)")
-    sub.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="training examples per step")
-    sub.add_argument("--shots", type=int, help="few-shot: train on this many examples per label "
-                     "(default: every example)")
-    sub.add_argument("--patience", type=int, help="stop after this many steps without improvement")
-    sub.add_argument("--polish", default=defaults.polish, choices=POLISH_MODES,
-                     help="after the PEZ loop: token swaps and/or pruning; never scores below PEZ's own prompt; "
-                          "on a CPU it can take several times the loop (default %(default)s)")
-    sub.add_argument("--time-budget", type=float, metavar="SECONDS",
-                     help="end the whole run, polishing included, by then and return the best prompt")
-    sub.add_argument("--vocab", default=defaults.vocab, choices=VOCAB_MODES)
-    sub.add_argument("--blocklist", help="comma-separated words the prompt must not use")
-    sub.add_argument("--allowlist", help="comma-separated word bank: the only words the prompt may use")
-    sub.add_argument("--eval-lm", action="append", default=[],
-                     help="also score the prompt on this LM (repeatable; checked before training)")
-    sub.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    sub.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    sub.add_argument("--allow-download", action="store_true", help="let Hugging Face download missing models")
-    sub.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    sub.add_argument("-v", "--verbose", action="store_true")
-
-
-def _demo_defaults(args) -> None:
-    if not args.demo:
-        missing = [flag for flag, value in (("--lm", args.lm), ("--train", args.train), ("--template", args.template),
-                                            ("--verbalizer", args.verbalizer)) if value is None]
-        if missing:
-            raise PezError(f"lm needs {', '.join(missing)} (or --demo for the bundled tiny LM)")
-        return
-    folder = bundled_lm(DEMO_LM)
-    args.lm = args.lm or DEMO_LM
-    args.train = args.train or folder / "sentiment-train.jsonl"
-    args.valid = args.valid or folder / "sentiment-valid.jsonl"
-    args.template, args.verbalizer = args.template or DEMO_TEMPLATE, args.verbalizer or DEMO_VERBALIZER
-    # only when not given: 0 must reach validation and be refused, not become the default
-    args.steps = DEMO_STEPS if args.steps is None else args.steps
-    args.restarts = DEMO_RESTARTS if args.restarts is None else args.restarts
-    args.eval_lm = args.eval_lm or [DEMO_TRANSFER_LM]
-
-
-def run_cli(args, callback=None) -> dict:
-    """The ``lm`` subcommand's result: the prompt, its accuracy and perplexity, and transfer to ``--eval-lm``
-    (``{"lm", "error"}`` for an LM that failed: the learned prompt is kept all the same)."""
-    from .lm_data import few_shot, load_examples
-
-    _demo_defaults(args)
-    labels = list(parse_verbalizer(args.verbalizer))
-    if args.shots is not None and args.shots < 1:
-        raise PezError(f"--shots must be at least 1 example per label, got {args.shots}; "
-                       "omit it to train on every example")
-    train = load_examples(args.train, labels)
-    train = few_shot(train, args.shots, args.seed) if args.shots is not None else train
-    valid = load_examples(args.valid, labels) if args.valid else None
-    config = PezConfig(prompt_len=args.prompt_len, steps=PezConfig.steps if args.steps is None else args.steps,
-                       restarts=args.restarts, seed=args.seed, lr=args.lr, vocab=args.vocab,
-                       blocklist=args.blocklist, allowlist=args.allowlist, patience=args.patience,
-                       polish=args.polish, time_budget=args.time_budget)
-    _validate(config)
-    for name in args.eval_lm:  # a typo must not cost a whole training run
-        check_lm(name, args.allow_download)
-    lm = load_lm(args.lm, args.device, args.dtype, args.allow_download)
-    result = learn_prompt(lm, args.template, args.verbalizer, train, valid, config, args.fluency, args.batch_size,
-                          callback)
-    if hasattr(callback, "close"):
-        callback.close()  # training is over: what loading and scoring the LMs print goes below the bar
-    examples = valid or train
-    report = prompt_report(lm, args.template, args.verbalizer, examples, result.prompt)
-    transfer = []
-    for name in args.eval_lm:
-        try:
-            transfer.append(prompt_report(load_lm(name, args.device, args.dtype, args.allow_download),
-                                          args.template, args.verbalizer, examples, result.prompt))
-        except Exception as e:  # anything (even out of memory): the prompt is learned and must still be reported
-            log.debug("evaluation on %s failed", name, exc_info=True)
-            transfer.append({"lm": str(name), "error": str(e) or type(e).__name__})
-    return {"prompt": result.prompt, "token_ids": result.token_ids, **report,
-            "scored_on": "valid" if valid else "train",
-            "fluency": args.fluency, "steps": result.steps, "seconds": round(result.seconds, 2),
-            "stopped_early": result.stopped_early, "polish": config.polish,
-            "unpolished_prompt": result.unpolished_prompt, "transfer": transfer}
-
-
-class _Progress:
-    """tqdm on stderr: training-batch accuracy of the best prompt so far. The bar opens at the first step, so
-    an error found before training is not printed after an empty bar."""
-
-    def __init__(self, total: int):
-        self.total, self.bar = total, None
-
-    def __call__(self, progress) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-            self.bar = tqdm(total=self.total, file=sys.stderr, unit="step", dynamic_ncols=True)
-        self.bar.update(progress.step - self.bar.n)
-        self.bar.set_postfix_str(f"batch acc {progress.similarity:.2f} · {progress.prompt[:60]}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()  # ends its line: what is logged next starts on a line of its own
-            self.bar = None
-
-
-def main_cli(args) -> int:
-    """Run ``lm`` and print its result (JSON with ``--json``); 2 on bad input, also when an ``--eval-lm``
-    fails after training (the learned prompt is printed first)."""
-    import json
-
-    errors = logging.getLogger("pez_core")
-    try:
-        _demo_defaults(args)
-        bar = _Progress(PezConfig.steps if args.steps is None else args.steps)
-        try:
-            row = run_cli(args, bar)
-        finally:
-            bar.close()  # before any error is logged
-    except PezError as e:
-        errors.error("%s", e)
-        return 2
-    failed = [t for t in row["transfer"] if "error" in t]
-    if args.json:
-        sys.stdout.write(json.dumps(row) + "\n")
-    else:
-        ppl = "-" if row["perplexity"] is None else f"{row['perplexity']:.1f}"
-        sys.stdout.write(f"{row['prompt']}\t(accuracy {row['valid_accuracy']:.3f}, template alone "
-                         f"{row['template_accuracy']:.3f}, perplexity {ppl})\n")
-        for t in row["transfer"]:
-            sys.stdout.write(f"  on {t['lm']}: not scored (the error follows)\n" if "error" in t else
-                             f"  on {t['lm']}: accuracy {t['valid_accuracy']:.3f}, template alone "
-                             f"{t['template_accuracy']:.3f}\n")
-    for t in failed:
-        errors.error("--eval-lm %s: %s", t["lm"], t["error"])
-    return 2 if failed else 0

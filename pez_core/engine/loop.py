@@ -1,6 +1,6 @@
 """The PEZ optimiser: hard prompts by projected gradient descent (Wen et al., 2023, Algorithm 1).
 
-Each step of Algorithm 1, as ``_Run.step`` does it::
+Each step of Algorithm 1, as ``Run.step`` does it::
 
     hard = project(soft)                          # nearest allowed token embedding, per position
     gain = scorer.gains(straight_through(soft, hard))   # the gain is taken at the hard prompt ...
@@ -8,7 +8,7 @@ Each step of Algorithm 1, as ``_Run.step`` does it::
     best = the best hard prompt seen so far
 
 Restarts and several problems (e.g. one per image) run as one batch; the host is only consulted
-every ``sync_every`` steps. What is scored is the scorer's business (``pez_core.objective.ClipScorer``
+every ``sync_every`` steps. What is scored is the scorer's business (``pez_core.clip.objective.ClipScorer``
 for a CLIP); the search — projection, straight-through step, restarts, best tracking, stopping — is
 this module's, for every scorer.
 """
@@ -18,142 +18,26 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .errors import PezError
-from .models import MAX_PROMPT_TOKENS, PezModel
-from .objective import ClipScorer, Objective, free_memory
-from .polish import POLISH_MODES, polish_prompts
+from ..common import devices
+from ..common.errors import PezError
+from .config import Callback, PezConfig, PezResult, clamp_similarity
+from .polish import polish_prompts
 from .scorer import Scorer
-from .vocab import VOCAB_MODES
+from .cuda_graph import graphed_step
+from .stopping import Watch
 
 log = logging.getLogger(__name__)
 
-LR_SCHEDULES = ("constant", "cosine")
-MAX_STEPS = 100_000
-MAX_RESTARTS = 64
-LR_RANGE = (0.001, 10.0)
 PROJECTION_SCORES_MAX = 1 << 26  # fp32 scores held at once by the projection (256 MiB)
-IMPROVEMENT = 1e-4               # a gain smaller than this does not reset the patience count
-SEED_MAX = 2**64 - 1             # ComfyUI's seed widget allows this much; every seed gives its own start
 MEMORY_SHARE = 0.9               # of the free memory a run may plan to use
-# of a time budget, what the PEZ loop leaves to polishing: pruning alone needs little (measured: 17.6 of 34.8 s
-# went unused when it had half)
-POLISH_SHARE = {"off": 0.0, "prune": 0.1, "swap": 0.5, "swap+prune": 0.5}
-# without a time budget, polishing starts kicks (pez_core.polish) only until it has scored this many strings
-# per prompt the PEZ loop scored (steps x restarts x problems): work, not time, so a result never depends on how
-# busy the machine is (measured: benchmarks/README.md, "Kicks bounded by work")
+# without a time budget, polishing starts kicks (pez_core.engine.polish) only until it has scored this many
+# strings per prompt the PEZ loop scored (steps x restarts x problems): work, not time, so a result never depends
+# on how busy the machine is (measured: benchmarks/README.md, "Kicks bounded by work")
 KICK_WORK_SHARE = 16.0
-TARGET_MARGIN = 0.05             # strings are checked against a target once their ids' similarity is this close
-
-
-@dataclass(frozen=True)
-class PezConfig:
-    """Every setting of a PEZ run, with the defaults the nodes, the CLI and the library share."""
-    prompt_len: int = 8             # measured (benchmarks/README.md): 16, the paper's, adds stray words
-    steps: int = 3000               # the paper's default
-    restarts: int | None = None     # parallel random starts per problem; None: 8 on CUDA, 1 elsewhere
-    lr: float = 0.1                 # the paper's AdamW learning rate
-    weight_decay: float = 0.1       # and weight decay
-    seed: int = 0
-    vocab: str = "words"
-    blocklist: str | Sequence[str] | None = None
-    allowlist: str | Sequence[str] | None = None
-    lr_schedule: str = "constant"
-    patience: int | None = None     # stop once the best has not improved for this many steps
-    sync_every: int | None = None   # steps between host syncs (progress, cancel, stopping); None: 2 on CPU, 20 on GPU
-    max_batch: int | None = None    # prompts through the model at once; None: what half the free memory holds
-    polish: str = "swap+prune"      # after the loop: off, prune, swap, swap+prune (measured: benchmarks/README.md)
-    time_budget: float | None = None        # seconds for the whole run, polishing included
-    target_similarity: float | None = None  # stop once every problem's best string reaches this
-
-    def validate(self) -> None:
-        _check_int("prompt length", self.prompt_len, 1, MAX_PROMPT_TOKENS, " (CLIP's limit)")
-        _check_int("steps", self.steps, 1, MAX_STEPS)
-        _check_int("seed", self.seed, 0, SEED_MAX)
-        if self.restarts is not None:
-            _check_int("restarts", self.restarts, 1, MAX_RESTARTS)
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr <= LR_RANGE[1]):
-            raise PezError(f"learning rate must be a number above 0 and at most {LR_RANGE[1]}, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
-                and self.weight_decay >= 0):
-            raise PezError(f"weight decay must be zero or positive, got {self.weight_decay!r}")
-        if self.vocab not in VOCAB_MODES:
-            raise PezError(f"unknown vocabulary mode {self.vocab!r}; choose one of {', '.join(VOCAB_MODES)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise PezError(f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
-        for name in ("patience", "sync_every", "max_batch"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1, None)
-        if self.polish not in POLISH_MODES:
-            raise PezError(f"unknown polish mode {self.polish!r}; choose one of {', '.join(POLISH_MODES)}")
-        if self.time_budget is not None and not (isinstance(self.time_budget, (int, float))
-                                                 and math.isfinite(self.time_budget) and self.time_budget > 0):
-            raise PezError(f"time budget must be a number of seconds above 0, got {self.time_budget!r}")
-        if self.target_similarity is not None and not (isinstance(self.target_similarity, (int, float))
-                                                       and -1 < self.target_similarity <= 1):
-            raise PezError(f"target similarity must be a number above -1 and at most 1, got {self.target_similarity!r}")
-
-    def for_device(self, device: torch.device) -> "PezConfig":
-        """The device-dependent settings filled in: a GPU stalls at every host sync and runs restarts nearly
-        for free; on the CPU a sync costs nothing next to a step, so it syncs often (Cancel is seen at once)."""
-        gpu = device.type == "cuda"
-        return dataclasses.replace(self, restarts=self.restarts or (8 if gpu else 1),
-                                   sync_every=self.sync_every or (20 if gpu else 2))
-
-
-def _check_int(name: str, value, low: int, high: int | None, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        span = f"from {low} to {high}{why}" if high is not None else f"of at least {low}"
-        raise PezError(f"{name} must be an integer {span}, got {value!r}")
-
-
-@dataclass
-class Progress:
-    step: int
-    total: int
-    similarities: list[float]     # best so far, per problem
-    prompts: list[str]            # best so far, per problem
-    stage: str = "pez"            # "pez" in the PEZ loop, "polishing" after it
-
-    @property
-    def similarity(self) -> float:
-        return sum(self.similarities) / len(self.similarities)
-
-    @property
-    def prompt(self) -> str:
-        return self.prompts[0]
-
-
-@dataclass
-class PezResult:
-    prompt: str
-    similarity: float             # of the returned string, re-encoded as any CLIP text encoder sees it
-    token_ids: list[int]          # the ids ``prompt`` tokenizes to
-    steps: int
-    seconds: float
-    stopped_early: bool = False
-    polished: bool = False                     # polishing changed the prompt
-    unpolished_prompt: str | None = None       # what the PEZ loop found (None: polishing was off)
-    unpolished_similarity: float | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-Callback = Callable[[Progress], "bool | None"]
-
-
-def optimize(model: PezModel, objective: Objective, config: PezConfig | None = None,
-             callback: Callback | None = None) -> list[PezResult]:
-    """Find one hard prompt per problem of ``objective`` on a CLIP (see ``search``)."""
-    config = config or PezConfig()
-    config.validate()
-    return search(ClipScorer(model, objective, config.vocab, config.blocklist, config.allowlist), config, callback)
 
 
 def search(scorer: Scorer, config: PezConfig | None = None, callback: Callback | None = None) -> list[PezResult]:
@@ -163,12 +47,12 @@ def search(scorer: Scorer, config: PezConfig | None = None, callback: Callback |
     which then returns the best prompts so far. Exceptions raised by the callback propagate.
     """
     config = config or PezConfig()
-    config.validate()
+    config.validate(scorer)
     started = time.perf_counter()  # a time budget counts the set-up too
     check_memory(scorer, config.for_device(scorer.device))
     # ComfyUI runs nodes under inference_mode; optimisation needs autograd.
     with torch.inference_mode(False), torch.enable_grad():
-        return _Run(scorer, config).run(callback, started)
+        return Run(scorer, config).run(callback, started)
 
 
 def check_memory(scorer: Scorer, config: PezConfig) -> None:
@@ -177,7 +61,7 @@ def check_memory(scorer: Scorer, config: PezConfig) -> None:
     Per prompt position it holds the soft prompt, its gradient, AdamW's two moments, the hard embeddings
     and the projection's query (fp32) and the best ids (int64); besides, one chunk of projection scores
     and one batch of activations (batches are sized by ``scorer.prompts_that_fit``)."""
-    free, width, allowed = free_memory(scorer.device), scorer.table.shape[-1], len(scorer.allowed)
+    free, width, allowed = devices.free_memory(scorer.device), scorer.table.shape[-1], len(scorer.allowed)
     fit = max(1, scorer.prompts_that_fit(config.prompt_len))
     activations = free // 2 // fit / (config.prompt_len + 2)  # per prompt position, what fit was sized by
 
@@ -215,7 +99,7 @@ def straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
     return soft + (hard - soft).detach()
 
 
-class _Run:
+class Run:
     """One optimisation: the state lives in fixed tensors updated in place, so a step can be replayed
     as a CUDA graph (``pez_core.cuda_graph``) as well as run eagerly."""
 
@@ -290,23 +174,21 @@ class _Run:
             self.lr.copy_(self.config.lr * 0.5 * (1 + torch.cos(self.steps_done * (math.pi / self.config.steps))))
 
     def run(self, callback: Callback | None, started: float | None = None) -> list[PezResult]:
-        from .cuda_graph import graphed_step
-
         started = time.perf_counter() if started is None else started
-        watch = _Watch(self, callback, started)
+        watch = Watch(self.scorer, self.config, callback, started)
         replay, step = graphed_step(self, self.config.steps)  # may run a few warm-up steps first
         while step < self.config.steps:
             for _ in range(min(self.config.sync_every - step % self.config.sync_every, self.config.steps - step)):
                 replay()
                 step += 1
-            if watch.should_stop(step):
+            if watch.should_stop(step, self.best_per_problem()):
                 break
         results = self.finish(step, time.perf_counter() - started, stopped=step < self.config.steps)
         if self.config.polish == "off" or watch.cancelled:
             return results
         return self.polished(results, watch, started)
 
-    def polished(self, results: list[PezResult], watch: "_Watch", started: float) -> list[PezResult]:
+    def polished(self, results: list[PezResult], watch: Watch, started: float) -> list[PezResult]:
         """The polishing stage (``pez_core.polish``) on each problem's best string, within the time budget."""
         loop_prompts = results[0].steps * self.problems * self.restarts
         kick_budget = None if watch.deadline is not None else int(KICK_WORK_SHARE * loop_prompts)
@@ -353,74 +235,3 @@ class _Run:
             results.append(PezResult(texts[best], clamp_similarity(float(similarity[best])), token_ids, steps,
                                      seconds, stopped))
         return results
-
-
-def clamp_similarity(value: float) -> float:
-    """Cosines are in [-1, 1]; float rounding can put a text scored against itself at 1.0000001."""
-    return min(1.0, max(-1.0, value))
-
-
-class _Watch:
-    """What the run loop does at each host sync: report progress, and decide whether to stop (the
-    callback asked to; the best has not improved for ``patience`` steps; the PEZ loop's share of the
-    time budget is spent; every problem's best string reaches the target similarity)."""
-
-    def __init__(self, run: _Run, callback: Callback | None, started: float):
-        self.run, self.callback = run, callback
-        self.reported = [-math.inf] * run.problems
-        self.texts = [""] * run.problems
-        self.last_gain_step = 0
-        self.cancelled = False
-        self.step = 0
-        budget, cfg = run.config.time_budget, run.config
-        self.deadline = None if budget is None else started + budget
-        share = 1.0 - POLISH_SHARE[cfg.polish]
-        self.loop_deadline = None if budget is None else started + share * budget
-        self.string_similarity = [-math.inf] * run.problems  # of the best string, once checked
-
-    def should_stop(self, step: int) -> bool:
-        run, cfg = self.run, self.run.config
-        self.step = step
-        gains, similarities, ids = run.best_per_problem()
-        changed = []
-        for p, value in enumerate(gains):
-            if value > self.reported[p] + IMPROVEMENT:
-                self.last_gain_step = step
-            if value > self.reported[p]:
-                self.reported[p] = value
-                self.texts[p] = run.scorer.decode(ids[p])
-                changed.append(p)
-        progress = Progress(step, cfg.steps, [clamp_similarity(v) for v in similarities], list(self.texts))
-        if self.callback is not None and self.callback(progress):
-            self.cancelled = True
-            return True
-        if cfg.patience is not None and step - self.last_gain_step >= cfg.patience:
-            log.info("no gain for %d steps: stopping at step %d of %d", cfg.patience, step, cfg.steps)
-            return True
-        if self.loop_deadline is not None and time.perf_counter() >= self.loop_deadline:
-            log.info("time budget: the PEZ loop stops at step %d of %d", step, cfg.steps)
-            return True
-        return cfg.target_similarity is not None and self.target_reached(changed, similarities)
-
-    def target_reached(self, changed: list[int], similarities: list[float]) -> bool:
-        """Whether every problem's best *string* reaches the target; strings are scored only when their
-        ids' similarity comes close (decoding can lose a little, rarely gain)."""
-        target = self.run.config.target_similarity
-        check = [p for p in changed if similarities[p] >= target - TARGET_MARGIN and self.run.scorer.tokenize(self.texts[p])]
-        if check:
-            problems = torch.tensor(check, device=self.run.device)
-            _, sims = self.run.scorer.score_texts([self.texts[p] for p in check], problems)
-            for p, value in zip(check, sims.tolist()):
-                self.string_similarity[p] = value
-        if min(self.string_similarity) >= target:
-            log.info("target similarity %.4f reached at step %d", target, self.step)
-            return True
-        return False
-
-    def polishing(self, prompts: list[str], similarities: list[float]) -> bool:
-        """Progress during polishing, shown as the stage "polishing"; True when the callback asks to stop."""
-        if self.callback is None:
-            return False
-        stop = self.callback(Progress(self.step, self.run.config.steps, similarities, prompts, stage="polishing"))
-        self.cancelled = self.cancelled or bool(stop)
-        return bool(stop)

@@ -1,7 +1,7 @@
 """The whole PEZ step as one CUDA graph.
 
 A PEZ step is a few hundred small kernels; eagerly, a GPU spends most of it waiting for Python
-and kernel launches. Every tensor a step touches is allocated once (see ``engine._Run``) and
+and kernel launches. Every tensor a step touches is allocated once (see ``engine.Run``) and
 updated in place, so the step can be captured once and replayed. Warm-up steps run on a side
 stream first, as CUDA graph capture requires; they are real steps and are counted.
 

@@ -1,0 +1,72 @@
+"""The CLIP presets and bundled models ``load_model`` knows by name (what open_clip keeps in ``pretrained.py``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..demo import BUNDLED_DIR
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Preset:
+    arch: str
+    pretrained: str
+    serves: str
+
+    @property
+    def file_stem(self) -> str:
+        """The name its weights go by in a model folder (what the offline error and the examples ask for)."""
+        return f"{self.arch}-{self.pretrained}"
+
+
+PRESETS: dict[str, Preset] = {
+    "ViT-L-14 · openai": Preset("ViT-L-14", "openai", "SD 1.x, SDXL's CLIP-L, Flux"),
+    "ViT-H-14 · laion2b_s32b_b79k": Preset("ViT-H-14", "laion2b_s32b_b79k", "SD 2.x"),
+    "ViT-bigG-14 · laion2b_s39b_b160k": Preset("ViT-bigG-14", "laion2b_s39b_b160k", "SDXL's G encoder"),
+    "ViT-B-32 · laion2b_s34b_b79k": Preset("ViT-B-32", "laion2b_s34b_b79k", "fast, for drafts"),
+}
+DEFAULT_MODEL = "ViT-L-14 · openai"
+
+
+@dataclass(frozen=True)
+class JointPreset:
+    """Presets optimised for at once (``pez_core.joint``): one prompt for every text encoder of a pipeline."""
+    parts: tuple[str, ...]          # names in PRESETS
+    weights: tuple[float, ...]
+    serves: str
+
+
+JOINT_PRESETS: dict[str, JointPreset] = {
+    "SDXL (ViT-L-14 · openai + ViT-bigG-14 · laion2b_s39b_b160k)": JointPreset(
+        ("ViT-L-14 · openai", "ViT-bigG-14 · laion2b_s39b_b160k"), (1.0, 1.0),
+        "SDXL's two encoders (also SD3's two CLIPs)"),
+}
+
+
+def preset_of_file(filename: str) -> str | None:
+    """The preset whose weights file this is (``ViT-L-14-openai.safetensors`` → ``ViT-L-14 · openai``), or None."""
+    path = Path(filename)
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        return None
+    return next((name for name, p in PRESETS.items() if p.file_stem == path.stem), None)
+
+
+BUNDLED_DESCRIPTIONS = {
+    "shapes-demo": "demo model trained here; it only knows coloured shapes (works offline)",
+}
+
+
+def bundled_models() -> dict[str, Path]:
+    """Bundled model name → weights file (config JSON beside it)."""
+    return {name: BUNDLED_DIR / f"{name}.safetensors" for name in BUNDLED_DESCRIPTIONS
+            if (BUNDLED_DIR / f"{name}.safetensors").is_file()}
+
+
+def available_models() -> list[tuple[str, str]]:
+    """(usable name, description) for the presets and bundled models."""
+    rows = [(name, f"{p.serves}; downloads on first use") for name, p in PRESETS.items()]
+    rows += [(name, f"{p.serves}; downloads on first use") for name, p in JOINT_PRESETS.items()]
+    rows += [(name, BUNDLED_DESCRIPTIONS[name]) for name in bundled_models()]
+    return rows
