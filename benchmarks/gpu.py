@@ -3,7 +3,7 @@
     python benchmarks/gpu.py --models ViT-H-14 ViT-L-14 --results r.jsonl   # on the device (gpu_check.sh)
     python benchmarks/gpu.py --probe cudnn      # cuDNN attention inside a CUDA graph at L+2 positions
     python benchmarks/gpu.py --probe engine     # the engine's graph against its eager steps
-    python benchmarks/gpu.py --device cpu --quick --models M.safetensors   # checks the script itself
+    python benchmarks/gpu.py --device cpu --quick   # checks the script itself: small models, fp32, a few steps
 
 Random weights (timing does not depend on them), built directly on the device. "ms/step" is the
 marginal cost of one step: two runs of different lengths, so warm-up steps, graph capture and the
@@ -65,6 +65,12 @@ class Case:
 # most valuable first: a run cut short by its time limit has already written the figures that matter
 CASES = (Case(1, True, 50, 1050), Case(16, True, 50, 550), Case(256, True, 20, 220), Case(1, False, 10, 60))
 QUICK_CASES = (Case(1, True, 5, 10), Case(2, True, 5, 10), Case(3, True, 5, 10), Case(1, False, 5, 10))
+# defaults of what was not given; --quick on the CPU checks the script's whole path in a minute or two
+# (two small random-weight models, each in its own process; ViT-H-14 in bf16 takes ~19 s a step there)
+DEFAULTS = {"models": ["ViT-H-14", "ViT-L-14"], "precision": "bf16", "full_steps": 3000, "reference_steps": 50,
+            "polish": PezConfig.polish}
+QUICK_CPU = {"models": ["ViT-S-32", "ViT-S-32-alt"], "precision": "fp32", "full_steps": 12, "reference_steps": 3,
+             "polish": "prune"}  # swap polishing took ~55 s a run there (ViT-S-32), three runs a case
 # the GPU issue's targets: measurement -> (at least?, bound); "*" applies to every model
 TARGETS = {
     "ViT-H-14": {"speed-up over the reference, 1 restart": (True, 20), "3000 steps (s)": (False, 8),
@@ -123,11 +129,11 @@ def outcome_fields() -> dict:
     return {"ran_as": "cuda graph" if outcome.graphed else "eager", "how": outcome.reason}
 
 
-def marginal_step(model, objective, case: Case) -> dict:
+def marginal_step(model, objective, case: Case, polish: str) -> dict:
     """ms per step, fixed seconds per run, and the long run's similarity and stepping, for one case."""
     cuda_graph.set_enabled(case.graphs)
     try:
-        config = PezConfig(prompt_len=PROMPT_LEN, restarts=case.restarts, seed=0, steps=case.short)
+        config = PezConfig(prompt_len=PROMPT_LEN, restarts=case.restarts, seed=0, steps=case.short, polish=polish)
         timed_run(model, objective, config)  # warm-up: kernels, cuBLAS handles, allocator
         short, _ = timed_run(model, objective, config)
         steps = case.long
@@ -225,26 +231,27 @@ def table_row(record: dict, ref_ms: float | None, peak: float | None) -> str:
     return f"| {record['case']} | {ms:.2f} | {fixed} | {ratio} | {tflops} | {share} | {memory} | {record['similarity']:.3f} | {how} |"
 
 
-def engine_case(model, objective, case: Case, flops: float, peak: float | None) -> dict:
+def engine_case(model, objective, case: Case, flops: float, peak: float | None, polish: str) -> dict:
     if os.environ.get("PEZ_BENCH_ABORT") == model.name:
         os.abort()  # stands in for a CUDA error that kills the process
     reset_peak_memory(model.device)
-    fields = marginal_step(model, objective, case)
+    fields = marginal_step(model, objective, case, polish)
     tflops = flops / fields["ms_per_step"] / 1e9
     return {**fields, "restarts": case.restarts, "graphs_requested": case.graphs, "tflops": tflops,
             "peak_share": tflops / peak if peak else None, "peak_memory_gib": peak_memory_gib(model.device)}
 
 
-def full_case(model, objective, steps: int) -> dict:
-    seconds, result = timed_run(model, objective, PezConfig(prompt_len=PROMPT_LEN, restarts=1, steps=steps))
+def full_case(model, objective, steps: int, polish: str) -> dict:
+    config = PezConfig(prompt_len=PROMPT_LEN, restarts=1, steps=steps, polish=polish)
+    seconds, result = timed_run(model, objective, config)
     return {"steps": steps, "run_s": seconds, "similarity": result.similarity, **outcome_fields()}
 
 
 def bench(arch: str, device: torch.device, precision: str, cases, full_steps: int, reference_steps: int,
-          results: str | None) -> bool:
+          results: str | None, polish: str) -> bool:
     """Every case of one model, each recorded as it ends; True when none failed."""
     env = environment(device)
-    rec = Recorder(results, model=arch, precision=precision, prompt_len=PROMPT_LEN)
+    rec = Recorder(results, model=arch, precision=precision, prompt_len=PROMPT_LEN, polish=polish)
     rec.write(kind="run", **env)
     print(f"\n### {arch}, L={PROMPT_LEN}, {precision} — {env['device']} — torch {env['torch']} — {env['date']}"
           + (f" — {env['flags']}" if env["flags"] else "") + "\n\n"
@@ -263,17 +270,17 @@ def bench(arch: str, device: torch.device, precision: str, cases, full_steps: in
     measured, failed = {}, not reference["ok"]
     for case in cases:
         flops = useful_flops_per_step(model, case.restarts, PROMPT_LEN, vocab_rows, objective.features.shape[-1])
-        record = isolated(rec, case.name, lambda: engine_case(model, objective, case, flops, peak), device)
+        record = isolated(rec, case.name, lambda: engine_case(model, objective, case, flops, peak, polish), device)
         if record["ok"]:
             measured[case] = record
             print(table_row(record, ref_ms, peak), flush=True)
         failed = failed or not record["ok"]
-    full = isolated(rec, f"{full_steps} steps, one run", lambda: full_case(model, objective, full_steps), device)
+    full = isolated(rec, f"{full_steps} steps, one run", lambda: full_case(model, objective, full_steps, polish),
+                    device)
     if full["ok"]:
         print(f"\n{full_steps} steps, 1 restart, one whole run: **{full['run_s']:.2f} s** (similarity "
               f"{full['similarity']:.3f}, {full['ran_as']})." + ratio_line(measured), flush=True)
-    if device.type == "cuda":
-        judge(rec, arch, measured, ref_ms, full if full["ok"] and full_steps == 3000 else None)
+    judge(rec, arch, measured, ref_ms, full if full["ok"] and full_steps == 3000 else None)
     return not failed and full["ok"]
 
 
@@ -407,12 +414,14 @@ def exit_reason(code: int) -> str | None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=None,
-                        help="open_clip architectures (random weights) or checkpoint paths "
-                             "(default ViT-H-14 ViT-L-14; for --probe ViT-L-14)")
+                        help="open_clip architectures (random weights) or checkpoint paths (default ViT-H-14 "
+                             "ViT-L-14, with --quick on the CPU ViT-S-32 ViT-S-32-alt; for --probe ViT-L-14)")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--precision", default="bf16")
-    parser.add_argument("--full-steps", type=int, default=3000)
-    parser.add_argument("--reference-steps", type=int, default=50)
+    parser.add_argument("--precision", help="default bf16, with --quick on the CPU fp32")
+    parser.add_argument("--full-steps", type=int, help="default 3000, with --quick on the CPU 12")
+    parser.add_argument("--reference-steps", type=int, help="default 50, with --quick on the CPU 3")
+    parser.add_argument("--polish", choices=pez_core.POLISH_MODES,
+                        help=f"polishing after each run (default {PezConfig.polish}, with --quick on the CPU prune)")
     parser.add_argument("--quick", action="store_true", help="a few steps per case: checks the script, not the speed")
     parser.add_argument("--results", help="append one JSON line per record to this file as it is measured")
     parser.add_argument("--probe", choices=("cudnn", "engine"), help="run one probe instead of the benchmark")
@@ -424,16 +433,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    device = pez_core.devices.resolve_device(args.device)
+    device = pez_core.common.devices.resolve_device(args.device)
+    if args.probe and not args.models:
+        args.models = ["ViT-L-14"]
+    for name, value in (QUICK_CPU if args.quick and device.type == "cpu" else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.probe:
-        return probe(args.probe, (args.models or ["ViT-L-14"])[0], device, args.precision, args.results)
-    models = args.models or ["ViT-H-14", "ViT-L-14"]
-    if len(models) > 1:
-        args.models = models
+        return probe(args.probe, args.models[0], device, args.precision, args.results)
+    if len(args.models) > 1:
         without_models = [a for i, a in enumerate(argv) if not _is_models_arg(argv, i)]
         return per_model_processes(args, without_models)
     cases = QUICK_CASES if args.quick else CASES
-    return 0 if bench(models[0], device, args.precision, cases, args.full_steps, args.reference_steps, args.results) else 1
+    ok = bench(args.models[0], device, args.precision, cases, args.full_steps, args.reference_steps, args.results,
+               args.polish)
+    return 0 if ok else 1
 
 
 def _is_models_arg(argv: list[str], i: int) -> bool:

@@ -7,6 +7,8 @@
 # it goes: results.jsonl (one JSON line per measurement), <part>.log, summary.txt. A failing part does not
 # stop the next. The device has torch but not open_clip_torch, ftfy or wcwidth: `make gpu-wheels` puts
 # them in .whl/ (ignored by git; carry it). `gpu_check.sh --check` runs only the checks that need no GPU.
+# `gpu_check.sh --device cpu --quick` runs every part on this CPU with small random-weight models and a few
+# steps, in $PYTHON's own packages (no wheels): the script's whole path, tested before a device is lent.
 set -uo pipefail
 out=${OUT:-artifacts}
 wheels=${WHEELS:-.whl}
@@ -14,9 +16,10 @@ py=${PYTHON:-python3}
 site=${SITE:-/tmp/site}
 
 fail() { echo "gpu_check: $*" >&2; exit 2; }
+cpu=; [ "$*" = "--device cpu --quick" ] && cpu=1
 
 # 1. fail at once, not after a machine start: exactly one version of each wheel the device lacks
-for name in open_clip_torch ftfy wcwidth; do
+[ -n "$cpu" ] || for name in open_clip_torch ftfy wcwidth; do
   found=$(ls "$wheels"/ 2>/dev/null | grep -c "^${name}-[0-9][^-]*-.*\.whl$")
   [ "$found" = 1 ] || fail "$wheels/ holds $found ${name} wheels, not 1: run \`make gpu-wheels\` here and carry .whl"
 done
@@ -28,12 +31,12 @@ mkdir -p "$out" || fail "cannot write to $out"
 # 2. install: wheels are zip files; unpacked into a site folder with pez_core linked beside them, so
 # neither pip nor the repository root (whose nodes/ would shadow ComfyUI's) is needed on sys.path
 rm -rf "$site" && mkdir -p "$site" || fail "cannot create $site"
-for w in "$wheels"/*.whl; do "$py" -m zipfile -e "$w" "$site" || fail "cannot unpack $w"; done
+[ -n "$cpu" ] || for w in "$wheels"/*.whl; do "$py" -m zipfile -e "$w" "$site" || fail "cannot unpack $w"; done
 ln -s "$PWD/pez_core" "$site/pez_core"
 export PYTHONPATH="$site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 "$py" -P -c "import open_clip, pez_core" > "$out/import.log" 2>&1 \
   || fail "open_clip or pez_core does not import: $(tail -1 "$out/import.log")"
-"$py" -c "import torch; assert torch.cuda.is_available(), 'torch.cuda.is_available() is False'" > "$out/cuda.log" 2>&1 \
+[ -n "$cpu" ] || "$py" -c "import torch; assert torch.cuda.is_available(), 'torch.cuda.is_available() is False'" > "$out/cuda.log" 2>&1 \
   || fail "torch sees no CUDA device here (this part is for the GPU machine): $(tail -1 "$out/cuda.log")"
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
@@ -47,7 +50,7 @@ status=0
 # part NAME SECONDS CMD...: run with its own time limit (at most what is left of the run's), log to $OUT,
 # note the outcome in summary.txt
 part() {
-  local name=$1 limit=$2 t0=$SECONDS rc left; shift 2
+  local name=$1 limit=$(($2 * slow)) t0=$SECONDS rc left; shift 2
   left=$((run_limit - (SECONDS - started)))
   if [ "$left" -lt 20 ]; then
     echo "$name: skipped, ${left} s left of the run's ${run_limit} s" | tee -a "$out/summary.txt"
@@ -64,22 +67,28 @@ part() {
   return $rc
 }
 
+if [ -n "$cpu" ]; then  # the same parts, small: the path, not the speed (the probes fail: they need CUDA)
+  big=ViT-S-32 small=ViT-S-32-alt pair=b32 dev=(--device cpu --quick) planted=(3 6) joint=(--steps 1 --prompt-len 2)
+  slow=2  # the device's limits, doubled: small models on a busy shared CPU take about as long as big ones there
+else
+  big=ViT-H-14 small=ViT-L-14 pair=sdxl dev=() planted=(300 1000 3000) joint=(--steps 100) slow=1
+fi
 # 3. the unknown first: cuDNN attention inside a CUDA graph at L+2 = 18 positions (a crash costs this process only)
-if ! part probe-cudnn 45 "$py" benchmarks/gpu.py --probe cudnn --models ViT-L-14 --results "$results"; then
+if ! part probe-cudnn 45 "$py" benchmarks/gpu.py "${dev[@]}" --probe cudnn --models $small --results "$results"; then
   export TORCH_CUDNN_SDPA_DEPRIORITIZED=1
   echo "probe-cudnn failed: the rest runs with TORCH_CUDNN_SDPA_DEPRIORITIZED=1" | tee -a "$out/summary.txt"
 fi
-if ! part probe-engine 60 "$py" benchmarks/gpu.py --probe engine --models ViT-L-14 --results "$results"; then
+if ! part probe-engine 60 "$py" benchmarks/gpu.py "${dev[@]}" --probe engine --models $small --results "$results"; then
   export PEZ_CAPTURE_SDPA=math
   echo "probe-engine failed: the rest captures with PEZ_CAPTURE_SDPA=math" | tee -a "$out/summary.txt"
 fi
-part bench-ViT-H-14 140 "$py" benchmarks/gpu.py --models ViT-H-14 --results "$results"
-part bench-ViT-L-14 80 "$py" benchmarks/gpu.py --models ViT-L-14 --results "$results"
+part bench-$big 140 "$py" benchmarks/gpu.py "${dev[@]}" --models $big --results "$results"
+part bench-$small 80 "$py" benchmarks/gpu.py "${dev[@]}" --models $small --results "$results"
 # only the tests that need the device; -P: the repository root stays off sys.path
 part tests 120 env PYTHONPATH="$site:$PWD/tests" "$py" -P -m pytest -q --noconftest -rs tests/test_gpu.py
 # time to quality: the reference loop's 3000-step similarity, and the engine's time to it (rows as they come)
-part planted-ViT-H-14 120 "$py" benchmarks/planted.py --model ViT-H-14 --seeds 1 --reference-steps 300 1000 3000 \
-  --budget-steps 3000 --polish swap+prune off --results "$out/planted.jsonl"
-part joint-sdxl 60 "$py" benchmarks/joint.py --pair sdxl --steps 100
+part planted-$big 120 "$py" benchmarks/planted.py --model $big --seeds 1 --reference-steps "${planted[@]}" \
+  --budget-steps "${planted[-1]}" --polish swap+prune off --results "$out/planted.jsonl"
+part joint-$pair 60 "$py" benchmarks/joint.py --pair $pair "${joint[@]}"
 echo "gpu_check: done in $((SECONDS - started)) s, exit $status" | tee -a "$out/summary.txt"
 exit $status

@@ -8,6 +8,7 @@ late click never stops a later run.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ROUTE = "/pez/stop"
+MAX_BODY_BYTES = 4096  # {"node_id": "12:5"} is a few bytes; a bigger body is refused unread
+MAX_NODE_ID_CHARS = 256  # execution ids are short ("12", "5:3:12"); a long one would be kept and logged
 _lock = threading.Lock()
 _requests: dict[str, Any] = {}  # execution id of the node -> prompt id it was asked to stop in
 
@@ -35,9 +38,10 @@ def request_stop(node_id: str) -> str | None:
     if running is None or str(running).split(":")[-1] != node_id.split(":")[-1]:
         return f"node {node_id} is not running (running now: {running or 'nothing'})"
     with _lock:
+        _requests.clear()  # only the running node can be asked: older requests are stale and would pile up
         _requests[node_id] = prompt_id
         _requests[str(running)] = prompt_id  # the server's own id for it (display vs execution id)
-    log.info("stop & use best requested for node %s (prompt %s)", node_id, prompt_id)
+    log.info("stop & use best requested for node %.80s (prompt %s)", node_id, prompt_id)
     return None
 
 
@@ -57,13 +61,26 @@ def register_routes() -> None:
     from aiohttp import web
 
     async def stop(request: web.Request) -> web.Response:
+        too_big = web.json_response({"error": f"the request body is over {MAX_BODY_BYTES} bytes; "
+                                              'send {"node_id": "<id of the running PEZ node>"}'}, status=413)
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return too_big
+        raw = b""  # a chunked body has no length: read at most one byte over the limit
+        while len(raw) <= MAX_BODY_BYTES and (chunk := await request.content.read(MAX_BODY_BYTES + 1 - len(raw))):
+            raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            return too_big
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             body = None
         node_id = body.get("node_id") if isinstance(body, dict) else None
         if not isinstance(node_id, (str, int)) or not str(node_id).strip():
             return web.json_response({"error": 'send {"node_id": "<id of the running PEZ node>"}'}, status=400)
+        if len(str(node_id)) > MAX_NODE_ID_CHARS:
+            return web.json_response({"error": f"node_id has {len(str(node_id))} characters, over the limit of "
+                                               f"{MAX_NODE_ID_CHARS}; send the id of the running PEZ node"},
+                                     status=400)
         why_not = request_stop(str(node_id).strip())
         if why_not is not None:
             return web.json_response({"stopping": False, "error": why_not}, status=409)

@@ -125,6 +125,41 @@ def test_gpu_check_accepts_one_of_each_wheel(tmp_path):
     assert done.returncode == 0 and "checks passed" in done.stdout, done.stderr
 
 
+@pytest.mark.slow
+def test_the_device_check_runs_every_part_on_the_cpu(tmp_path):
+    """gpu_check.sh's whole path, small, before a device is lent (2-3 minutes on a busy 2-core CPU)."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "SITE": str(tmp_path / "site"), "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--quick"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    summary = (out / "summary.txt").read_text()
+    exits = dict(re.findall(r"^(\S+): exit (\d+) after \d+ s$", summary, re.M))
+    assert exits == {"probe-cudnn": "1", "probe-engine": "1", "bench-ViT-S-32": "0", "bench-ViT-S-32-alt": "0",
+                     "tests": "0", "planted-ViT-S-32": "0", "joint-b32": "0"}, summary + done.stderr[-3000:]
+    assert "the rest runs with TORCH_CUDNN_SDPA_DEPRIORITIZED=1" in summary and "PEZ_CAPTURE_SDPA=math" in summary
+    assert re.search(r"^gpu_check: done in \d+ s, exit 1$", summary, re.M) and done.returncode == 1  # the probes
+    assert {"gpu.txt", *(f"{part}.log" for part in exits)} <= {p.name for p in out.iterdir()}
+    lines = records(out / "results.jsonl")
+    probes = [r for r in lines if r["kind"] == "probe"]
+    assert [r["probe"] for r in probes] == ["cudnn", "engine"]
+    assert all("needs a CUDA device" in r["error"] for r in probes)
+    for model in ("ViT-S-32", "ViT-S-32-alt"):
+        cases = [r for r in lines if r["model"] == model and r["kind"] == "case"]
+        assert [r["case"] for r in cases][1:] == [
+            "load", "engine CUDA graph, 1 restart", "engine CUDA graph, 2 restarts", "engine CUDA graph, 3 restarts",
+            "engine eager, 1 restart", "12 steps, one run"]
+        assert cases[0]["case"].startswith("reference loop")
+        assert all(r["ok"] and r["precision"] == "fp32" and r["polish"] == "prune" for r in cases)
+        assert all(0 < r["similarity"] <= 1 and r["ms_per_step"] > 0 for r in cases if "ms_per_step" in r)
+        targets = [r for r in lines if r["model"] == model and r["kind"] == "target"]
+        assert targets and all(r["met"] is None for r in targets)  # no CUDA graph ran: not measured
+    planted = records(out / "planted.jsonl")
+    assert planted and all(r["model"] == "ViT-S-32" and -1 <= r["similarity"] <= 1 for r in planted)
+    assert re.search(r"\d+ passed", (out / "tests.log").read_text())
+    assert "(target ≥ +0.05:" in (out / "joint-b32.log").read_text()
+
+
 def test_cpu_speed_script_runs(checkpoint):
     out = run_script("benchmarks/speed.py", "--model", str(checkpoint), "--steps", "3", "--restarts", "2").stdout
     assert re.search(r"speed-up of the engine over the reference loop \(1 restart, full vocab\): [\d.]+x", out)

@@ -72,3 +72,19 @@ def test_stop_of_a_node_that_is_not_running_is_refused(comfy_server: ComfyServer
     result = comfy_server.run(graph(30, seed=23), timeout=120)
     assert result.ok, result.error
     assert max(live_steps(comfy_server, result.prompt_id)) == 30
+
+
+def test_oversized_stop_requests_are_refused_and_a_normal_stop_still_works(comfy_server: ComfyServer) -> None:
+    prompt_id = queue_and_wait_for_progress(comfy_server, seed=24)
+    long_id = "x" * 300 + ":inv"  # would match the running node by its last part
+    body = b'{"node_id": "' + b"y" * 64 * 1024 + b':inv"}'
+    for sent in ({"data": body}, {"data": iter([body[:5000], body[5000:]])}):  # with a length, and chunked
+        answer = comfy_server.request("POST", "/pez/stop", **sent)
+        assert answer.status_code == 413 and "over 4096 bytes" in answer.json()["error"], answer.text
+    answer = stop(comfy_server, long_id)
+    assert answer.status_code == 400 and "has 304 characters, over the limit of 256" in answer.json()["error"]
+    answer = stop(comfy_server, "inv")
+    assert answer.status_code == 200 and answer.json() == {"stopping": True}, answer.text
+    result = comfy_server.wait(prompt_id, timeout=60)
+    assert result.ok and max(live_steps(comfy_server, prompt_id)) < LONG, (result.status, result.error)
+    assert "x" * 100 not in comfy_server.log_text() and "y" * 100 not in comfy_server.log_text()

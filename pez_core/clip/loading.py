@@ -26,6 +26,7 @@ import torch
 from ..common import devices
 from ..common.devices import hub_offline, resolve_device
 from ..common.errors import ModelLoadError, PezError, WeightsNotAvailableError
+from ..common.limits import check_interrupt
 from .download import Watcher, hub_weights, save_hint
 from .joint import JointModel, combine
 from .model import PezModel, resolve_dtype
@@ -126,7 +127,9 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = None, device:
             _, dropped = _CACHE.popitem(last=False)
             _forget(dropped)
             log.info("model cache: dropped %s (keeping the %d most recent)", dropped, MAX_CACHED_MODELS)
-        _CACHE[key] = PezModel(_build(source), name, device, dtype)
+        clip = _build(source)
+        check_interrupt()
+        _CACHE[key] = PezModel(clip, name, device, dtype)
         log.info("loaded %s (%s) on %s as %s", name, source.weights, device, dtype)
         return _CACHE[key]
 
@@ -337,10 +340,13 @@ def _build(source: _Source):
     shapes, state = _checkpoint_shapes(source.weights) if source.weights is not None else ({}, None)
     if source.weights is not None:
         _check_fit(source, expected, shapes)
+    check_interrupt()  # each step below takes seconds for a big model: Cancel is seen between them
     clip = _create(source, "cpu")
     if source.weights is None:
         return clip
+    check_interrupt()
     state = state if state is not None else _read_state_dict(source.weights)
+    check_interrupt()
     try:
         clip.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     except RuntimeError as e:

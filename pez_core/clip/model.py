@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_TOKENS = 75  # CLIP's 77 positions minus start and end of text
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TEXT_BATCH = 256  # texts encoded at once: scoring thousands of candidate prompts stays within memory
+# images encoded at once; fewer on the CPU, where Cancel is checked between them (8 encode as fast as 32
+# there: random ViT-B-32, 1 thread, 111 against 110 ms an image)
+IMAGE_BATCH, CPU_IMAGE_BATCH = 32, 8
 SHARED_STARTS = True  # texts sharing leading tokens run only their tails (False: the whole tower, to compare)
 
 
@@ -234,11 +237,23 @@ class PezModel:
         """Normalised image features (N, D) for a list or batch of images (see ``pez_core.images``)."""
         pixels = preprocess(images, self.image_size, self.image_mean, self.image_std)
         visual = self.clip.visual.to(self.device)
+        # Cancel is seen before every block too: one image takes seconds through ViT-L-14 on a CPU
+        hooks = [block.register_forward_pre_hook(lambda *_: check_interrupt()) for block in _blocks(visual)]
         try:
             feats = []
-            for batch in pixels.split(32):
-                check_interrupt()  # hundreds of images take a while: Cancel is seen between batches
+            for batch in pixels.split(IMAGE_BATCH if self.device.type == "cuda" else CPU_IMAGE_BATCH):
+                check_interrupt()
                 feats.append(visual(batch.to(self.device, self.dtype)))
         finally:
+            for hook in hooks:
+                hook.remove()
             visual.to(self._vision_device)
         return F.normalize(torch.cat(feats).float(), dim=-1)
+
+
+def _blocks(visual) -> list[torch.nn.Module]:
+    """The blocks of a vision tower: a ViT's residual attention blocks or a ResNet's bottlenecks."""
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if blocks is not None:
+        return list(blocks)
+    return [block for name in ("layer1", "layer2", "layer3", "layer4") for block in getattr(visual, name, [])]
