@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 import pez_core
-from pez_core import Objective, PezConfig, cuda_graph
+from pez_core import Objective, PezConfig
+from pez_core.engine import cuda_graph
 
 try:
     from benchmarks.reference_loop import reference_pez

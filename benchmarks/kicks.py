@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pez_core  # noqa: E402
-from pez_core import PezConfig, shapes  # noqa: E402
+from pez_core import PezConfig  # noqa: E402
+from pez_core.demo import shapes  # noqa: E402
 from pez_core.engine.loop import KICK_WORK_SHARE  # noqa: E402
 from pez_core import ClipScorer  # noqa: E402
 from pez_core.engine.polish import _Polisher  # noqa: E402

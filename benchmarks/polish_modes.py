@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pez_core  # noqa: E402
-from pez_core import PezConfig, shapes  # noqa: E402
+from pez_core import PezConfig  # noqa: E402
+from pez_core.demo import shapes  # noqa: E402
 from pez_core import ClipScorer  # noqa: E402
 from pez_core.clip.tasks import _image_features  # noqa: E402
 from quality import match_single  # noqa: E402

@@ -41,7 +41,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import pez_core  # noqa: E402
-from pez_core import PezConfig, allowed_token_ids, shapes  # noqa: E402
+from pez_core import PezConfig, allowed_token_ids  # noqa: E402
+from pez_core.demo import shapes  # noqa: E402
 
 try:
     from benchmarks.reference_loop import reference_pez
