@@ -127,12 +127,13 @@ def test_gpu_check_accepts_one_of_each_wheel(tmp_path):
 
 @pytest.mark.slow
 def test_the_device_check_runs_every_part_on_the_cpu(tmp_path):
-    """gpu_check.sh's whole path, small, before a device is lent (2-3 minutes on a busy 2-core CPU)."""
+    """gpu_check.sh's whole path, small, before a device is lent (2-7 minutes on a busy 2-core CPU; its CPU mode
+    has no time limit that a slow machine reaches)."""
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "SITE": str(tmp_path / "site"), "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--quick"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=3600)
     summary = (out / "summary.txt").read_text()
     exits = dict(re.findall(r"^(\S+): exit (\d+) after \d+ s$", summary, re.M))
     assert exits == {"probe-cudnn": "1", "probe-engine": "1", "bench-ViT-S-32": "0", "bench-ViT-S-32-alt": "0",

@@ -85,3 +85,12 @@ def test_errors_exit_2_with_a_message(setup, tmp_path):
     assert missing.returncode == 2 and "image not found" in missing.stderr
     offline = pez("distill", "a cat", "--model", "ViT-L-14 · openai")
     assert offline.returncode == 2 and "HF_HUB_OFFLINE" in offline.stderr and "Traceback" not in offline.stderr
+
+
+def test_threads_option(setup):
+    checkpoint, images = setup
+    two = pez("invert", images[0], "--model", checkpoint, "--steps", "4", "--prompt-len", "3", "--threads", "2",
+              "--json")
+    assert two.returncode == 0 and json.loads(two.stdout)["prompt"], two.stderr
+    zero = pez("invert", images[0], "--model", checkpoint, "--threads", "0")
+    assert zero.returncode == 2 and "--threads must be at least 1" in zero.stderr
