@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python benchmarks/quality.py --model shapes-demo
 
-Held-out images from ``pez_core.shapes`` (seeds that neither training nor its evaluation use) are
+Held-out images from ``pez_core.demo.shapes`` (seeds that neither training nor its evaluation use) are
 inverted with PEZ in every setting (prompt length x vocabulary x restarts; all images of a setting
 in one ``invert`` call), next to baselines run in the same process on the same images:
 

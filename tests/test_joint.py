@@ -1,4 +1,4 @@
-"""One prompt for several CLIPs (pez_core.joint) on tiny random towers of different widths sharing the tokenizer."""
+"""One prompt for several CLIPs (pez_core.clip.joint) on tiny random towers of different widths sharing the tokenizer."""
 from __future__ import annotations
 
 import copy

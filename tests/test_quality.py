@@ -12,7 +12,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 
 import pez_core
-from pez_core import PezConfig, shapes
+from pez_core import PezConfig
+from pez_core.demo import shapes
 from pez_core import bundled_models
 from quality import WORLD_WORDS, match_single  # benchmarks/ is on sys.path (conftest.py)
 
