@@ -44,10 +44,11 @@ MEMORY_SHARE = 0.9               # of the free memory a run may plan to use
 # of a time budget, what the PEZ loop leaves to polishing: pruning alone needs little (measured: 17.6 of 34.8 s
 # went unused when it had half)
 POLISH_SHARE = {"off": 0.0, "prune": 0.1, "swap": 0.5, "swap+prune": 0.5}
-# without a time budget, polishing starts kicks (pez_core.polish) only until it has scored this many strings
-# per prompt the PEZ loop scored (steps x restarts x problems): work, not time, so a result never depends on how
-# busy the machine is (measured: benchmarks/README.md, "Kicks bounded by work")
-KICK_WORK_SHARE = 16.0
+# without a time budget, polishing starts kicks (pez_core.polish) only until the strings it has scored cost
+# this share of the PEZ loop's work (steps x restarts x problems prompts, each worth the scorer's
+# ``strings_per_step_prompt``): work, not time, so a result never depends on how busy the machine is
+# (measured: benchmarks/README.md, "Kicks bounded by work")
+KICK_WORK_SHARE = 1.0
 TARGET_MARGIN = 0.05             # strings are checked against a target once their ids' similarity is this close
 
 
@@ -309,7 +310,8 @@ class _Run:
     def polished(self, results: list[PezResult], watch: "_Watch", started: float) -> list[PezResult]:
         """The polishing stage (``pez_core.polish``) on each problem's best string, within the time budget."""
         loop_prompts = results[0].steps * self.problems * self.restarts
-        kick_budget = None if watch.deadline is not None else int(KICK_WORK_SHARE * loop_prompts)
+        work = KICK_WORK_SHARE * loop_prompts * self.scorer.strings_per_step_prompt
+        kick_budget = None if watch.deadline is not None else int(work)
         found = polish_prompts(self.scorer, [r.prompt for r in results], self.config.polish,
                                deadline=watch.deadline, target_similarity=self.config.target_similarity,
                                report=watch.polishing, kick_budget=kick_budget)

@@ -19,6 +19,9 @@ class Scorer:
     problems: int
     allowed: torch.Tensor
     table: torch.Tensor
+    # strings ``score_texts`` scores for the cost of one prompt in one PEZ step (forward and backward):
+    # polishing's kicks are budgeted in it, so the budget means about the same time for every model family
+    strings_per_step_prompt: float = 1.0
 
     def gains(self, prompts: torch.Tensor, problems: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gain to maximise, similarity to report), each (N,), of prompt embeddings (N, L, D) for their
