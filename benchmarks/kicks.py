@@ -1,7 +1,8 @@
 """Kicks bounded by work: what each kick budget buys, next to the old wall-clock rule.
 
 Without a time budget, polishing starts a kick only while it has scored fewer strings than
-``KICK_WORK_SHARE`` x the prompts the PEZ loop scored (steps x restarts x problems). Until then the limit
+``KICK_WORK_SHARE`` x the scorer's ``strings_per_step_prompt`` x the prompts the PEZ loop scored (steps x
+restarts x problems). Until then the limit
 was time: kicks started only until polishing had taken as long as the loop. Per case this runs the PEZ
 loop once (``polish="off"``), traces unbounded kicks on its prompts (the strings scored and the seconds
 spent when each kick starts), and then polishes the same prompts with each work share. "time rule" is
@@ -99,7 +100,8 @@ def measure(label: str, model, objective, config: PezConfig, shares: list[float]
              f"unbounded kicks: {len(starts)} started, polishing {unbounded_seconds:.1f} s",
              "| kick budget | strings | kicks started | mean similarity | polishing s |", "|---|---|---|---|---|"]
     budgets = [("time rule (this run's timings)", time_rule), ("no kicks", 0)]
-    budgets += [(f"work share {s:g}" + (" (default)" if s == KICK_WORK_SHARE else ""), int(s * loop_prompts))
+    default = KICK_WORK_SHARE * scorer.strings_per_step_prompt  # strings per loop prompt the engine allows
+    budgets += [(f"{s:g} strings per loop prompt" + (" (default)" if s == default else ""), int(s * loop_prompts))
                 for s in shares]
     budgets.append(("unbounded", None))
     for name, budget in budgets:

@@ -227,6 +227,7 @@ def test_kicks_get_a_work_budget_without_a_time_budget_and_all_of_a_time_budget(
     objective, _ = planted_problem(model, length=4, seed=2)
     pez_core.optimize(model, objective, PezConfig(prompt_len=4, steps=20, restarts=3))
     pez_core.optimize(model, objective, PezConfig(prompt_len=4, steps=20, time_budget=600))
-    # without a budget: strings in proportion to the prompts the loop scored (20 steps x 3 restarts)
-    assert budgets[0] == int(engine_module.KICK_WORK_SHARE * 20 * 3)
+    # without a budget: strings worth the prompts the loop scored (20 steps x 3 restarts)
+    per_prompt = pez_core.ClipScorer.strings_per_step_prompt
+    assert budgets[0] == int(engine_module.KICK_WORK_SHARE * 20 * 3 * per_prompt)
     assert budgets[1] is None  # the budget's own deadline ends the kicks

@@ -110,6 +110,8 @@ class JointResult(PezResult):
 
 
 class JointScorer(Scorer):
+    strings_per_step_prompt = ClipScorer.strings_per_step_prompt  # every tower runs in both
+
     """PEZ against several CLIP text towers sharing the CLIP tokenizer: the gain (and the reported
     similarity) of a prompt is the weighted sum of the models' own, each at its embedding of the ids."""
     max_prompt_len = MAX_PROMPT_TOKENS

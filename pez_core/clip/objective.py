@@ -72,6 +72,9 @@ class ClipScorer(Scorer):
     """PEZ against one CLIP text tower: a prompt's gain is its weighted cosine to its problem's targets."""
     max_prompt_len = MAX_PROMPT_TOKENS
     prompt_len_note = "CLIP's limit"
+    # measured on ViT-B-32 (benchmarks/kicks.py): strings scored in batches cost about a fifteenth of a
+    # prompt's forward and backward in a step
+    strings_per_step_prompt = 16.0
 
     def __init__(self, model: PezModel, objective: Objective, vocab: str = "words", blocklist=None, allowlist=None):
         self.model, self.device = model, model.device

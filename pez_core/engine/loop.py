@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 
 PROJECTION_SCORES_MAX = 1 << 26  # fp32 scores held at once by the projection (256 MiB)
 MEMORY_SHARE = 0.9               # of the free memory a run may plan to use
-# without a time budget, polishing starts kicks (pez_core.engine.polish) only until it has scored this many
-# strings per prompt the PEZ loop scored (steps x restarts x problems): work, not time, so a result never depends
-# on how busy the machine is (measured: benchmarks/README.md, "Kicks bounded by work")
-KICK_WORK_SHARE = 16.0
+# without a time budget, polishing starts kicks (pez_core.engine.polish) only until the strings it has scored
+# cost this share of the PEZ loop's work (steps x restarts x problems prompts, each worth the scorer's
+# ``strings_per_step_prompt``): work, not time, so a result never depends on how busy the machine is
+# (measured: benchmarks/README.md, "Kicks bounded by work")
+KICK_WORK_SHARE = 1.0
 
 
 def search(scorer: Scorer, config: PezConfig | None = None, callback: Callback | None = None) -> list[PezResult]:
@@ -191,7 +192,8 @@ class Run:
     def polished(self, results: list[PezResult], watch: Watch, started: float) -> list[PezResult]:
         """The polishing stage (``pez_core.polish``) on each problem's best string, within the time budget."""
         loop_prompts = results[0].steps * self.problems * self.restarts
-        kick_budget = None if watch.deadline is not None else int(KICK_WORK_SHARE * loop_prompts)
+        work = KICK_WORK_SHARE * loop_prompts * self.scorer.strings_per_step_prompt
+        kick_budget = None if watch.deadline is not None else int(work)
         found = polish_prompts(self.scorer, [r.prompt for r in results], self.config.polish,
                                deadline=watch.deadline, target_similarity=self.config.target_similarity,
                                report=watch.polishing, kick_budget=kick_budget)

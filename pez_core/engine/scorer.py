@@ -45,6 +45,9 @@ class Scorer:
     problems: int
     allowed: torch.Tensor
     table: torch.Tensor
+    # strings ``score_texts`` scores for the cost of one prompt in one PEZ step (forward and backward):
+    # polishing's kicks are budgeted in it, so the budget means about the same time for every model family
+    strings_per_step_prompt: float = 1.0
     max_prompt_len: int        # the longest prompt the model reads (checked by ``PezConfig.validate``)
     prompt_len_note: str       # why, for the error (e.g. "CLIP's limit")
 

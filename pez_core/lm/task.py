@@ -219,6 +219,9 @@ class LmScorer(Scorer):
         if not self.train:
             raise PezError("no training examples")
         self.fluency, self.batch_size, self.seed = float(fluency), min(batch_size, len(self.train)), seed
+        # a step runs one training batch forward and backward (about three forwards); a string is scored forward
+        # on every validation (or training) example
+        self.strings_per_step_prompt = 3 * self.batch_size / len(self.valid or self.train)
         self.allowed = lm_allowed_ids(lm.tokenizer, vocab, blocklist, allowlist).to(self.device)
         self._layout: _Layout | None = None
         self._keys: torch.Tensor | None = None
