@@ -6,7 +6,7 @@ import logging
 from comfy_api.latest import io
 
 from .. import pez_core
-from .common import CATEGORY, PezModelType
+from .schema import CATEGORY, PezModelType
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .. import pez_core
-from .common import (LiveProgress, check_choice, check_choices, device_session, log_results, make_config, model_input,
-                     node_schema, prompt_length_input, require_tokens, seed_input, steps_input, stopping_inputs,
-                     text_ui, vocabulary_input)
+from .config import check_choice, check_choices, make_config
+from .progress import LiveProgress, log_results, text_ui
+from .schema import (model_input, node_schema, prompt_length_input, prompt_outputs, seed_input, steps_input,
+                     stopping_inputs, text_input, vocabulary_input)
+from .session import device_session
+from .values import require_tokens
 
 TARGETS = ("length", "0.7", "0.5", "0.3", "0.1")
 
@@ -20,9 +23,8 @@ class DistillPrompt(io.ComfyNode):
                         "Prompts longer than CLIP's 75 tokens are fine: they are read in 75-token chunks.",
             inputs=[
                 model_input(),
-                io.String.Input("text", multiline=True, default="", tooltip=(
-                    "The prompt to shorten. Any length; past 75 CLIP tokens it is encoded in chunks, "
-                    "as ComfyUI's CLIP Text Encode does.")),
+                text_input("text", "The prompt to shorten. Any length; past 75 CLIP tokens it is encoded in "
+                           "chunks, as ComfyUI's CLIP Text Encode does."),
                 io.Combo.Input("target", options=list(TARGETS), default="0.5", tooltip=(
                     "How short: 'length' uses the length widget; a number keeps that share of the text's CLIP "
                     "tokens (0.5 = half as many, at least 1, at most 75).")),
@@ -33,11 +35,8 @@ class DistillPrompt(io.ComfyNode):
                 vocabulary_input(),
                 *stopping_inputs(),
             ],
-            outputs=[
-                io.String.Output("prompt", display_name="prompt", tooltip="The distilled prompt."),
-                io.Float.Output("similarity", display_name="similarity",
-                                tooltip="CLIP cosine similarity of the distilled prompt to the original text."),
-            ],
+            outputs=prompt_outputs("prompt", "The distilled prompt.",
+                                   "CLIP cosine similarity of the distilled prompt to the original text."),
         )
 
     @classmethod

@@ -6,10 +6,12 @@ from typing import Any, Callable, ClassVar
 from comfy_api.latest import io
 
 from .. import pez_core
-from .common import (LiveProgress, blocklist_input, check_choices, device_session, first, images_of,
-                     learning_rate_input, log_results, make_config, model_input, negative_inputs, node_schema,
-                     prompt_length_input, restarts_input, seed_input, steps_input, stopping_inputs, text_ui,
-                     texts_of, vocabulary_input)
+from .config import check_choices, make_config
+from .progress import LiveProgress, log_results, text_ui
+from .schema import (blocklist_input, learning_rate_input, model_input, negative_inputs, node_schema, prompt_length_input,
+                     prompt_outputs, restarts_input, seed_input, steps_input, stopping_inputs, vocabulary_input)
+from .session import device_session
+from .values import first, images_of, texts_of
 
 
 class _ImagePromptNode(io.ComfyNode):
@@ -75,14 +77,11 @@ class InvertImage(_ImagePromptNode):
 
     @classmethod
     def outputs(cls) -> list[io.Output]:
-        return [
-            io.String.Output("prompt", display_name="prompt", is_output_list=True, tooltip=(
-                "The learned prompt, one per image. For a single image it is an ordinary string; for "
-                "several, a list: nodes after it (e.g. CLIP Text Encode → KSampler) run once per prompt.")),
-            io.Float.Output("similarity", display_name="similarity", is_output_list=True, tooltip=(
-                "CLIP cosine similarity of each prompt to its image (ordinary image–caption pairs "
-                "score about 0.3).")),
-        ]
+        return prompt_outputs(
+            "prompt", "The learned prompt, one per image. For a single image it is an ordinary string; for "
+            "several, a list: nodes after it (e.g. CLIP Text Encode → KSampler) run once per prompt.",
+            "CLIP cosine similarity of each prompt to its image (ordinary image–caption pairs score about 0.3).",
+            one_per_image=True)
 
 
 class StylePrompt(_ImagePromptNode):
@@ -95,10 +94,6 @@ class StylePrompt(_ImagePromptNode):
 
     @classmethod
     def outputs(cls) -> list[io.Output]:
-        return [
-            io.String.Output("prompt", display_name="style_prompt", tooltip=(
-                "One prompt for all images. Combine it with a subject via Concat Prompts "
-                "('a tiger' + ', ' + style).")),
-            io.Float.Output("similarity", display_name="similarity",
-                            tooltip="Mean CLIP similarity of the prompt to the images."),
-        ]
+        return prompt_outputs(
+            "style_prompt", "One prompt for all images. Combine it with a subject via Concat Prompts "
+            "('a tiger' + ', ' + style).", "Mean CLIP similarity of the prompt to the images.")

@@ -14,7 +14,10 @@ import folder_paths
 from comfy_api.latest import io
 
 from .. import pez_core
-from .common import BAR_EVERY_S, CATEGORY, PezModelType, check_choice, send_node_text
+from .config import check_choice
+from .progress import BAR_EVERY_S
+from .schema import CATEGORY, PezModelType
+from .server import send_node_text
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ register_model_folder()
 def release_cache_on_unload() -> None:
     """Let ComfyUI's "Unload models" and "Free model and node cache" (the /free route) free PEZ models too.
 
-    ComfyUI 0.3.75 and 0.33.0 offer custom nodes no release hook; both call
+    Workaround (ComfyUI 0.3.75 to 0.33.0): they offer custom nodes no release hook; both call
     ``comfy.model_management.unload_all_models()`` through the module for those buttons (and after an
     out-of-memory error), and restore only ``cast_to`` after custom nodes. So this wraps that one function:
     ComfyUI's unloading runs first, unchanged; then the PEZ cache is dropped, its text towers leave the GPU,
@@ -160,7 +163,7 @@ class LoadModel(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model) -> bool | str:
-        # Taking `model` here keeps ComfyUI (0.33+) from refusing an unknown name with a bare "not in list":
+        # Workarounds. Taking `model` here keeps ComfyUI (0.33+) from refusing an unknown name with a bare "not in list":
         # execute() says precisely what is missing and where it must go. Precision and device are checked in
         # execute, so that an error names only the input at fault (0.3.75 names every input taken here).
         # A value that is no text (42 through the API) is refused here, before anything runs; None: linked.

@@ -13,6 +13,8 @@ import logging
 import threading
 from typing import Any
 
+from .server import prompt_server
+
 log = logging.getLogger(__name__)
 
 ROUTE = "/pez/stop"
@@ -22,17 +24,9 @@ _lock = threading.Lock()
 _requests: dict[str, Any] = {}  # execution id of the node -> prompt id it was asked to stop in
 
 
-def _server() -> Any:
-    try:
-        from server import PromptServer
-    except ImportError:  # not inside a ComfyUI server
-        return None
-    return getattr(PromptServer, "instance", None)
-
-
 def request_stop(node_id: str) -> str | None:
     """Ask the running PEZ node ``node_id`` to stop; None if asked, else why not."""
-    server = _server()
+    server = prompt_server()
     prompt_id = getattr(server, "last_prompt_id", None)
     running = getattr(server, "last_node_id", None)
     if running is None or str(running).split(":")[-1] != node_id.split(":")[-1]:
@@ -51,11 +45,11 @@ def stop_requested(node_id: str | None) -> bool:
         return False
     with _lock:
         asked_in = _requests.pop(node_id, None)
-    return asked_in is not None and asked_in == getattr(_server(), "last_prompt_id", None)
+    return asked_in is not None and asked_in == getattr(prompt_server(), "last_prompt_id", None)
 
 
 def register_routes() -> None:
-    server = _server()
+    server = prompt_server()
     if server is None or getattr(server, "routes", None) is None:
         return
     from aiohttp import web

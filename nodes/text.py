@@ -6,7 +6,11 @@ import logging
 from comfy_api.latest import io
 
 from .. import pez_core
-from .common import device_session, images_of, model_input, node_schema, require_tokens, send_node_text, text_ui
+from .progress import text_ui
+from .schema import model_input, node_schema, text_input
+from .server import send_node_text
+from .session import device_session
+from .values import images_of, require_tokens
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +110,8 @@ class PromptSimilarity(io.ComfyNode):
             inputs=[
                 model_input(),
                 # ids avoid "prompt": output nodes also get a hidden input of that name (the whole graph)
-                io.String.Input("text", display_name="prompt", multiline=True, default="",
-                                tooltip="The prompt to score (type it or connect one, e.g. from PEZ Invert Image)."),
+                text_input("text", "The prompt to score (type it or connect one, e.g. from PEZ Invert Image).",
+                           display_name="prompt"),
                 io.Image.Input("images", optional=True, tooltip=(
                     "Optional images to score the prompt against (a batch: the mean over the images).")),
                 io.String.Input("other_text", display_name="other prompt", multiline=True, default="", optional=True,

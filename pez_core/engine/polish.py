@@ -59,10 +59,6 @@ class Polished:
     similarity: float
 
 
-class _Stop(Exception):
-    """Out of time, or the caller asked to stop: the best strings so far are the result."""
-
-
 def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
                    deadline: float | None = None, target_similarity: float | None = None,
                    report: Report | None = None, floor: Sequence[float] | None = None,
@@ -77,31 +73,34 @@ def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
     """
     if mode not in POLISH_MODES:
         raise ValueError(f"unknown polish mode {mode!r}; choose one of {', '.join(POLISH_MODES)}")
-    work = _Polisher(scorer, deadline, target_similarity, report, kick_budget)
-    work.start(list(prompts), floor)
-    try:
-        if mode in ("swap", "swap+prune"):
-            work.swap()
-        if mode in ("prune", "swap+prune"):
-            work.prune()
-    except _Stop:
+    work = _Polisher(scorer, list(prompts), floor, deadline, target_similarity, report, kick_budget)
+    if mode in ("swap", "swap+prune"):
+        work.swap()
+    if mode in ("prune", "swap+prune"):
+        work.prune()
+    if work.stopped:
         log.info("polishing stopped early (time budget or stop request); keeping the best prompts so far")
     return work.result()
 
 
 class _Polisher:
-    def __init__(self, scorer: Scorer, deadline: float | None, target: float | None, report: Report | None,
-                 kick_budget: int | None = None):
+    """The search state, per problem. A stop sets ``stopped``, the one signal: every loop then ends after
+    keeping the best of what it scored, and nothing more is scored."""
+
+    def __init__(self, scorer: Scorer, prompts: list[str], floor: Sequence[float] | None, deadline: float | None,
+                 target: float | None, report: Report | None, kick_budget: int | None):
         self.scorer, self.deadline, self.target, self.report = scorer, deadline, target, report
         self.kick_budget = kick_budget
         self.scored = 0                   # strings scored so far: the work a kick budget counts
-        self.stopped = False              # a stop was seen between scoring batches
+        self.stopped = False              # out of time, or the caller asked to stop
         self.batch = TEXTS_PER_BATCH["cpu" if scorer.device.type == "cpu" else "other"]
-        self.best: list[Polished] = []    # where the search is, per problem
+        gains, sims = scorer.score_texts(prompts, torch.arange(len(prompts), device=scorer.device))
+        self.best = [Polished(t, scorer.tokenize(t), float(g), float(s))  # where the search is, per problem
+                     for t, g, s in zip(prompts, gains.tolist(), sims.tolist())]
+        self.floor = [b.gain for b in self.best] if floor is None else [float(f) for f in floor]
+        self.longest = [len(b.token_ids) for b in self.best]  # tokens polishing started from: never exceeded
         self.held: list[Polished] = []    # while a kick is searched: the best before it
         self.kept: dict[int, int] = {}    # while a kick is searched: leading tokens not swapped, per problem
-        self.floor: list[float] = []
-        self.longest: list[int] = []      # tokens of the prompts polishing started from: never exceeded
 
     def result(self) -> list[Polished]:
         """The best prompt per problem: the search's, or the one held while a kick is searched."""
@@ -110,23 +109,21 @@ class _Polisher:
         return [b if b.gain > h.gain else h for b, h in zip(self.best, self.held)]
 
     # --- scoring ---------------------------------------------------------------------------------
-    def check(self) -> None:
-        if self.deadline is not None and time.perf_counter() >= self.deadline:
-            raise _Stop
-        if self.report is not None:
+    def should_stop(self) -> bool:
+        """Out of time, or ``report`` returned True; once stopped, it stays stopped."""
+        if not self.stopped and self.deadline is not None and time.perf_counter() >= self.deadline:
+            self.stopped = True
+        if not self.stopped and self.report is not None:
             best = self.result()
-            if self.report([b.prompt for b in best], [b.similarity for b in best]):
-                raise _Stop
+            self.stopped = bool(self.report([b.prompt for b in best], [b.similarity for b in best]))
+        return self.stopped
 
     def score(self, texts: list[str], problems: list[int]) -> tuple[list[float], list[float]]:
-        """(gain, similarity) of strings for their problems, in batches; a stop between batches keeps what
-        was scored (the rest scores -inf) and is raised after the caller has kept its best."""
+        """(gain, similarity) of strings for their problems, in batches; after a stop the rest score -inf, so
+        the caller keeps the best of what was scored."""
         gains, sims = [-math.inf] * len(texts), [-math.inf] * len(texts)
         for start in range(0, len(texts), self.batch):
-            try:
-                self.check()
-            except _Stop:
-                self.stopped = True
+            if self.should_stop():
                 break
             rows = slice(start, start + self.batch)
             gain, sim = self.scorer.score_texts(texts[rows], torch.tensor(problems[rows], device=self.scorer.device))
@@ -134,19 +131,8 @@ class _Polisher:
             self.scored += len(texts[rows])
         return gains, sims
 
-    def start(self, prompts: list[str], floor: Sequence[float] | None) -> None:
-        gains, sims = self.scorer.score_texts(prompts, torch.arange(len(prompts), device=self.scorer.device))
-        self.best = [Polished(t, self.scorer.tokenize(t), float(g), float(s))
-                     for t, g, s in zip(prompts, gains.tolist(), sims.tolist())]
-        self.floor = [b.gain for b in self.best] if floor is None else [float(f) for f in floor]
-        self.longest = [len(b.token_ids) for b in self.best]
-
     def keep(self, p: int, text: str, gain: float, similarity: float) -> None:
         self.best[p] = Polished(text, self.scorer.tokenize(text), gain, similarity)
-
-    def raise_if_stopped(self) -> None:
-        if self.stopped:
-            raise _Stop
 
     # --- swap --------------------------------------------------------------------------------------
     def swap(self) -> None:
@@ -163,11 +149,11 @@ class _Polisher:
             if not kickable:  # too short or at the target here, so at every later position too
                 return
             problems = self.kick(position, kickable)
-            try:
-                self.swap_from(problems)
-            finally:
-                improved = {p for p in problems if self.best[p].gain > self.held[p].gain + IMPROVEMENT}
-                self.best, self.held, self.kept = self.result(), [], {}
+            self.swap_from(problems)
+            improved = {p for p in problems if self.best[p].gain > self.held[p].gain + IMPROVEMENT}
+            self.best, self.held, self.kept = self.result(), [], {}
+            if self.stopped:
+                return
             log.debug("kick at position %d: %d of %d prompts improved", position, len(improved), len(problems))
             self.swap_from(improved)
 
@@ -178,8 +164,9 @@ class _Polisher:
 
     def kick(self, position: int, problems: list[int]) -> set[int]:
         """Hold the best prompts and put at ``position`` of each of ``problems`` its best other token, even a
-        worse one; the search then swaps only the tokens after it. The problems kicked."""
-        self.check()
+        worse one; the search then swaps only the tokens after it. The problems kicked (none after a stop)."""
+        if self.should_stop():
+            return set()
         tokens = self.candidate_tokens(problems, KICK_CANDIDATES, only=position)
         texts, owner = [], []
         for p in problems:
@@ -188,8 +175,9 @@ class _Polisher:
                 owner.append(p)
         texts, owner, _ = _readable(self.scorer, texts, owner, [None] * len(texts), self.best, self.longest)
         gains, sims = self.score(texts, owner)
-        self.raise_if_stopped()
         self.held = list(self.best)
+        if self.stopped:  # a partly scored kick is not taken
+            return set()
         kicked = set()
         for p in problems:
             rows = [j for j, q in enumerate(owner) if q == p]
@@ -206,13 +194,11 @@ class _Polisher:
         for round_ in range(SWAP_ROUNDS):
             reached = {p for p in narrow | wide if self.target is not None and self.best[p].similarity >= self.target}
             narrow, wide = narrow - reached, wide - reached
-            if not narrow | wide:
+            if not narrow | wide or self.should_stop():
                 return
-            self.check()
             improved = self.swap_round(sorted(narrow), SWAP_PER_POSITION) if narrow else set()
             improved |= self.swap_round(sorted(wide), SWAP_PER_POSITION * SWAP_WIDE) if wide else set()
             log.debug("swap round %d: %d of %d prompts improved", round_ + 1, len(improved), len(narrow | wide))
-            self.raise_if_stopped()
             narrow, wide = improved, narrow - improved  # a narrow miss is retried wide; a wide miss ends
 
     def swap_round(self, problems: list[int], per_position: int) -> set[int]:
@@ -294,8 +280,7 @@ class _Polisher:
         """Greedy removals within a total budget of PRUNE_BUDGET x the similarity, never below the floor."""
         lowest = [max(self.floor[p], b.gain - PRUNE_BUDGET * abs(b.similarity)) for p, b in enumerate(self.best)]
         active = [p for p, b in enumerate(self.best) if len(b.token_ids) > 1]
-        while active:
-            self.check()
+        while active and not self.should_stop():
             texts, owner, repeated = [], [], []
             for p in active:
                 ids = self.best[p].token_ids
@@ -306,7 +291,6 @@ class _Polisher:
             texts, owner, repeated = _readable(self.scorer, texts, owner, repeated, self.best, self.longest)
             gains, sims = self.score(texts, owner)
             active = [p for p in active if self.prune_one(p, texts, owner, repeated, gains, sims, lowest[p])]
-            self.raise_if_stopped()
 
     def prune_one(self, p: int, texts, owner, repeated, gains, sims, lowest: float) -> bool:
         """Take problem p's best affordable removal; False when there is none (or one token is left)."""

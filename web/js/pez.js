@@ -26,16 +26,6 @@ import { api } from "../../../scripts/api.js";
 const EXTENSION = "pez.hardprompts";
 const TAG = "[pez.hardprompts]";
 
-// Nodes that produce prompt text: they get the text box as soon as they are created. Any other
-// PEZ node (category "PEZ" or id "PEZ_*") gets it when it first sends text.
-const TEXT_NODES = new Set([
-  "PEZ_InvertImage",
-  "PEZ_DistillPrompt",
-  "PEZ_StylePrompt",
-  "PEZ_ConcatPrompts",
-  "PEZ_PromptSimilarity",
-]);
-
 const DISPLAY_WIDGET = "pez_result"; // read-only text box (DOM widget)
 const COPY_WIDGET = "copy prompt"; // button
 const STOP_WIDGET = "stop & use best"; // button, on nodes that optimise
@@ -79,6 +69,12 @@ function isPezNodeDef(nodeData) {
   const name = String(nodeData?.name ?? "");
   const category = String(nodeData?.category ?? "");
   return name.startsWith("PEZ_") || category === "PEZ" || category.startsWith("PEZ/");
+}
+
+/** PEZ nodes that show their result (output nodes, in the definitions the server sends) get the text
+ * box as soon as they are created; any other PEZ node gets it when it first sends text. */
+function showsText(nodeData) {
+  return nodeData?.output_node === true;
 }
 
 function isPezNode(node) {
@@ -538,7 +534,7 @@ const extension = {
     const proto = nodeType.prototype;
     proto[PEZ_NODE] = true;
     proto[OPTIMISES] = !!(nodeData.input?.required?.steps ?? nodeData.input?.optional?.steps);
-    const eager = TEXT_NODES.has(nodeData.name);
+    const eager = showsText(nodeData);
 
     chain(proto, "onNodeCreated", function () {
       if (eager) ensureUi(this);

@@ -1,0 +1,121 @@
+"""The schema parts the PEZ nodes share: the node shape and the inputs every optimising node has.
+
+Defaults and limits come from pez_core (``PezConfig``), so a node and the library never disagree.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from comfy_api.latest import io
+
+from .. import pez_core
+
+CATEGORY = "PEZ"
+DEFAULTS = pez_core.PezConfig()
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+TIME_BUDGET_MAX = 24 * 3600.0
+
+PezModelType = io.Custom("PEZ_MODEL")
+
+
+def node_schema(node_id: str, display_name: str, description: str, inputs: list[io.Input],
+                outputs: list[io.Output], **extra: Any) -> io.Schema:
+    """A PEZ node: in the PEZ category, an output node (its result shows on the node), told its own id."""
+    return io.Schema(node_id=node_id, display_name=display_name, category=CATEGORY, description=description,
+                     inputs=inputs, outputs=outputs, hidden=[io.Hidden.unique_id], is_output_node=True, **extra)
+
+
+def text_input(name: str, tooltip: str, display_name: str | None = None) -> io.Input:
+    """A required multiline text, empty by default (the node says what to do when it stays empty)."""
+    return io.String.Input(name, display_name=display_name, multiline=True, default="", tooltip=tooltip)
+
+
+def prompt_outputs(prompt_name: str, prompt_tooltip: str, similarity_tooltip: str,
+                   one_per_image: bool = False) -> list[io.Output]:
+    """The learned prompt and its similarity; ``one_per_image``: lists, one item per image."""
+    return [io.String.Output("prompt", display_name=prompt_name, is_output_list=one_per_image, tooltip=prompt_tooltip),
+            io.Float.Output("similarity", display_name="similarity", is_output_list=one_per_image,
+                            tooltip=similarity_tooltip)]
+
+
+def model_input() -> io.Input:
+    return PezModelType.Input("pez_model", tooltip="The CLIP model from PEZ Load Model. Use the CLIP your "
+                              "diffusion model reads prompts with (ViT-L-14 · openai for SD 1.x, SDXL and Flux).")
+
+
+def prompt_length_input(tooltip: str | None = None) -> io.Input:
+    return io.Int.Input("prompt_length", default=DEFAULTS.prompt_len, min=1, max=pez_core.MAX_PROMPT_TOKENS,
+                        tooltip=tooltip or (
+        f"Length of the learned prompt in CLIP tokens. {DEFAULTS.prompt_len} named the object best in our "
+        "measurements; 16 (the PEZ paper's) transfers best between models but adds stray words; at most "
+        f"{pez_core.MAX_PROMPT_TOKENS} (CLIP's limit)."))
+
+
+def steps_input() -> io.Input:
+    return io.Int.Input("steps", default=DEFAULTS.steps, min=1, max=pez_core.MAX_STEPS, tooltip=(
+        f"Optimisation steps. {DEFAULTS.steps} is the paper's default; a few hundred give a usable draft. "
+        "The node shows the best prompt so far while it runs; Cancel stops it (without a result)."))
+
+
+def restarts_input() -> io.Input:
+    auto = DEFAULTS.for_device(torch.device("cuda")).restarts, DEFAULTS.for_device(torch.device("cpu")).restarts
+    return io.Int.Input("restarts", default=0, min=0, max=pez_core.MAX_RESTARTS, tooltip=(
+        f"Random starts optimised side by side; the best wins. 0 = auto ({auto[0]} on a GPU, {auto[1]} on the "
+        "CPU). More restarts find better prompts and cost memory and time."))
+
+
+def learning_rate_input() -> io.Input:
+    low, high = pez_core.LR_RANGE
+    return io.Float.Input("learning_rate", default=DEFAULTS.lr, min=low, max=high, step=0.01, round=0.001,
+                          tooltip=f"AdamW learning rate of the soft prompt (the paper uses {DEFAULTS.lr}).")
+
+
+def seed_input() -> io.Input:
+    return io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=SEED_MAX, control_after_generate=True,
+                        tooltip="Seed of the random starting prompt: the same seed and settings give the same prompt.")
+
+
+def vocabulary_input() -> io.Input:
+    return io.Combo.Input("vocabulary", options=list(pez_core.VOCAB_MODES), default=DEFAULTS.vocab, tooltip=(
+        "Tokens PEZ may use. words: whole lowercase words (readable prompts); ascii: any printable "
+        "token, incl. word pieces and punctuation; full: every CLIP token, incl. emoji and other scripts "
+        "(highest similarity, least readable)."))
+
+
+def blocklist_input() -> io.Input:
+    return io.String.Input("blocklist", multiline=True, default="", optional=True, tooltip=(
+        "Words the prompt must never contain, separated by commas or new lines "
+        "(e.g. artist names or unwanted words). Every CLIP token of these words is banned."))
+
+
+def negative_inputs() -> list[io.Input]:
+    return [
+        io.Image.Input("negative_images", optional=True, tooltip=(
+            "Optional images the prompt should NOT describe: their features push the prompt away. Together "
+            "with negative_text they weigh "
+            f"{pez_core.DEFAULT_NEGATIVE_WEIGHT}: the similarity to the images minus "
+            f"{pez_core.DEFAULT_NEGATIVE_WEIGHT} x the mean similarity to the negatives, however many.")),
+        io.String.Input("negative_text", multiline=True, default="", optional=True, tooltip=(
+            "Optional text the prompt should move away from (e.g. 'blurry, watermark'). Empty: none.")),
+    ]
+
+
+def stopping_inputs() -> list[io.Input]:
+    """Polishing and the stopping rules: optional, and after every older input, so saved workflows keep
+    their widget order."""
+    return [
+        io.Combo.Input("polish", options=list(pez_core.POLISH_MODES), default=DEFAULTS.polish, optional=True,
+                       tooltip=(
+            "After the PEZ steps. swap+prune (default: named the object best at 3000 steps in our "
+            "measurements, with fewer words than swap) tries gradient-ranked token swaps (also after "
+            "trying another word at each position in turn, kept only when better), then drops tokens costing at most "
+            f"{pez_core.PRUNE_BUDGET:.0%} of the similarity in all; swap: swaps only; prune: drops only "
+            "tokens that do not pay; off: PEZ's prompt as it is. Never scores below PEZ's own prompt.")),
+        io.Float.Input("time_budget", default=0.0, min=0.0, max=TIME_BUDGET_MAX, step=1.0, optional=True, tooltip=(
+            "Seconds for the whole run, polishing included; by then the node returns its best prompt. "
+            "0 = no limit (steps decide). With a limit, the prompt depends on the machine's speed; "
+            "without one, a fixed seed always gives the same prompt.")),
+        io.Float.Input("target_similarity", default=0.0, min=0.0, max=1.0, step=0.01, round=0.001, optional=True,
+                       tooltip="Stop as soon as the prompt reaches this similarity. 0 = no target."),
+    ]
