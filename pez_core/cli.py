@@ -90,6 +90,13 @@ def _optimisation_options() -> argparse.ArgumentParser:
                             "do not pay; never scores below PEZ's own prompt (default %(default)s)")
     optim.add_argument("--target-similarity", type=float, metavar="X",
                        help="stop as soon as the best prompt string reaches this similarity")
+    optim.add_argument("--fluency", type=float, default=DEFAULTS.fluency, metavar="W", help=(
+        "weight of a language prior on how the prompt reads, in the final choice and polishing: the gain is "
+        "the similarity plus W x the mean log-probability per token under --fluency-model (0: off; "
+        "default %(default)s)"))
+    optim.add_argument("--fluency-model", metavar="LM", help=(
+        "the prior's causal LM: gpt2, smollm2-135m, shapes-caption-lm, a Hugging Face name or a folder "
+        "(default: shapes-caption-lm for shapes-demo, else gpt2)"))
     optim.add_argument("--negative-text", action="append", default=[], help="text to push away from (repeatable)")
     optim.add_argument("--negative-image", action="append", default=[], type=Path, help="image to push away from")
     optim.add_argument("--negative-weight", type=_negative_weight, default=DEFAULT_NEGATIVE_WEIGHT,
@@ -178,7 +185,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     config = PezConfig(prompt_len=args.prompt_len, steps=args.steps, restarts=args.restarts, seed=args.seed,
                        lr=args.lr, weight_decay=args.weight_decay, vocab=args.vocab, blocklist=args.blocklist,
                        allowlist=args.allowlist, lr_schedule=args.lr_schedule, patience=args.patience,
-                       polish=args.polish, time_budget=args.time_budget, target_similarity=args.target_similarity)
+                       polish=args.polish, time_budget=args.time_budget, target_similarity=args.target_similarity,
+                       fluency=args.fluency, fluency_model=args.fluency_model)
     negatives = dict(negative_images=_open_images(args.negative_image) or None, negative_texts=args.negative_text,
                      negative_weight=args.negative_weight)
     bar = _ProgressBar(args.steps)

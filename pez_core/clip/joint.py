@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..common.errors import PezError
 from ..engine.config import Callback, PezConfig, PezResult, clamp_similarity
 from ..engine.loop import search
+from ..engine.prior import TextPrior
 from ..engine.scorer import Scorer
 from .model import MAX_PROMPT_TOKENS, PezModel
 from .objective import ClipScorer, Objective
@@ -178,7 +179,7 @@ class JointScorer(Scorer):
 
 
 def optimize(model: JointModel, objectives: Sequence[Objective], config: PezConfig | None = None,
-             callback: Callback | None = None) -> list[JointResult]:
+             callback: Callback | None = None, prior: TextPrior | None = None) -> list[JointResult]:
     """One hard prompt per problem for all of ``model``'s CLIPs at once; ``objectives[i]`` holds the
     targets as model i encodes them (the same problems, in the same order)."""
     config = config or PezConfig()
@@ -187,7 +188,7 @@ def optimize(model: JointModel, objectives: Sequence[Objective], config: PezConf
         raise PezError(f"{len(objectives)} objectives for {len(model.models)} models; give one per model")
     scorer = JointScorer([ClipScorer(m, o, config.vocab, config.blocklist, config.allowlist)
                           for m, o in zip(model.models, objectives)], model.weights)
-    results = search(scorer, config, callback)
+    results = search(scorer, config, callback, prior)
     problems = torch.arange(len(results), device=scorer.device)
     per_model = scorer.similarities([r.prompt for r in results], problems).T.cpu().tolist()
     return [JointResult(**dataclasses.asdict(r), similarities=[clamp_similarity(s) for s in sims])

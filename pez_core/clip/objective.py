@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..common.errors import PezError
 from ..engine.config import Callback, PezConfig, PezResult
 from ..engine.loop import search
+from ..engine.prior import TextPrior
 from ..engine.scorer import Scorer, activation_bytes
 from .model import MAX_PROMPT_TOKENS, PezModel
 from .tokenizer import allowed_token_ids
@@ -108,8 +109,9 @@ class ClipScorer(Scorer):
 
 
 def optimize(model: PezModel, objective: Objective, config: PezConfig | None = None,
-             callback: Callback | None = None) -> list[PezResult]:
+             callback: Callback | None = None, prior: TextPrior | None = None) -> list[PezResult]:
     """Find one hard prompt per problem of ``objective`` on a CLIP (see ``search``)."""
     config = config or PezConfig()
     config.validate(ClipScorer)
-    return search(ClipScorer(model, objective, config.vocab, config.blocklist, config.allowlist), config, callback)
+    scorer = ClipScorer(model, objective, config.vocab, config.blocklist, config.allowlist)
+    return search(scorer, config, callback, prior)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..demo import BUNDLED_DIR
+from ..demo import BUNDLED_DIR, CAPTION_LM
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -56,6 +56,9 @@ def preset_of_file(filename: str) -> str | None:
 BUNDLED_DESCRIPTIONS = {
     "shapes-demo": "demo model trained here; it only knows coloured shapes (works offline)",
 }
+# the fluency prior of each bundled model (pez_core.lm.prior); every other CLIP reads English: GPT-2
+FLUENCY_MODEL_OF = {"shapes-demo": CAPTION_LM}
+DEFAULT_FLUENCY_MODEL = "gpt2"
 
 
 def bundled_models() -> dict[str, Path]:

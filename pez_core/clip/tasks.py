@@ -15,10 +15,13 @@ import torch
 
 from ..common.errors import PezError
 from ..engine.config import Callback, PezConfig, PezResult
+from ..engine.prior import TextPrior
+from ..lm.prior import load_prior
 from . import joint
 from .images import split_batch
 from .model import MAX_PROMPT_TOKENS, PezModel
 from .objective import Objective, optimize
+from .presets import DEFAULT_FLUENCY_MODEL, FLUENCY_MODEL_OF
 
 Targets = list[list[tuple[torch.Tensor, float]]]  # per problem: (feature, weight) pairs
 
@@ -55,14 +58,26 @@ def _image_features(model: PezModel, images) -> torch.Tensor:
     return model.encode_images(images)
 
 
+def fluency_prior(model: joint.AnyModel, config: PezConfig) -> TextPrior | None:
+    """The language prior a run with ``config`` reads its prompts with: ``config.fluency_model``, else the
+    model's own (the caption LM for the demo model, GPT-2 for real CLIPs); None when fluency is 0."""
+    if not config.fluency:
+        return None
+    first = model if isinstance(model, PezModel) else joint.joint_members(model)[0][0]
+    return load_prior(config.fluency_model or FLUENCY_MODEL_OF.get(first.name, DEFAULT_FLUENCY_MODEL), first.device)
+
+
 def _optimize(model: joint.AnyModel, targets_of: Callable[[PezModel], Targets], config: PezConfig | None,
               callback: Callback | None) -> list[PezResult]:
     """Targets as each model encodes them (its own image or text tower), then one search over all models."""
+    config = config or PezConfig()
+    config.validate()
+    prior = fluency_prior(model, config)
     if isinstance(model, PezModel):  # one model: exactly the single-model search
-        return optimize(model, Objective.stack(targets_of(model)), config, callback)
+        return optimize(model, Objective.stack(targets_of(model)), config, callback, prior)
     models = model if isinstance(model, joint.JointModel) else joint.combine(model)
     objectives = [Objective.stack(targets_of(m)) for m in models.models]
-    return joint.optimize(models, objectives, config, callback)
+    return joint.optimize(models, objectives, config, callback, prior)
 
 
 def invert(model: joint.AnyModel, images, config: PezConfig | None = None, *, negative_images=None,

@@ -4,3 +4,4 @@ Works offline; imports nothing else of pez_core."""
 from pathlib import Path
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+CAPTION_LM = "shapes-caption-lm"  # trained by training/train_caption_lm.py: the fluency prior of shapes-demo

@@ -26,6 +26,7 @@ from ..common import devices
 from ..common.errors import PezError
 from .config import Callback, PezConfig, PezResult, clamp_similarity
 from .polish import polish_prompts
+from .prior import TextPrior, perplexity
 from .scorer import Scorer
 from .cuda_graph import graphed_step
 from .stopping import Watch
@@ -41,11 +42,14 @@ MEMORY_SHARE = 0.9               # of the free memory a run may plan to use
 KICK_WORK_SHARE = 1.0
 
 
-def search(scorer: Scorer, config: PezConfig | None = None, callback: Callback | None = None) -> list[PezResult]:
+def search(scorer: Scorer, config: PezConfig | None = None, callback: Callback | None = None,
+           prior: TextPrior | None = None) -> list[PezResult]:
     """Find one hard prompt per problem of ``scorer``: the best projection seen, as in the reference.
 
     ``callback`` receives a ``Progress`` every ``sync_every`` steps; returning True stops the run,
-    which then returns the best prompts so far. Exceptions raised by the callback propagate.
+    which then returns the best prompts so far. Exceptions raised by the callback propagate. With a
+    ``prior`` and ``config.fluency`` > 0, the final choice and polishing also weigh how the strings read
+    (``pez_core.engine.prior``), and each result reports its perplexity under the prior.
     """
     config = config or PezConfig()
     config.validate(scorer)
@@ -53,7 +57,7 @@ def search(scorer: Scorer, config: PezConfig | None = None, callback: Callback |
     check_memory(scorer, config.for_device(scorer.device))
     # ComfyUI runs nodes under inference_mode; optimisation needs autograd.
     with torch.inference_mode(False), torch.enable_grad():
-        return Run(scorer, config).run(callback, started)
+        return Run(scorer, config, prior).run(callback, started)
 
 
 def check_memory(scorer: Scorer, config: PezConfig) -> None:
@@ -104,8 +108,8 @@ class Run:
     """One optimisation: the state lives in fixed tensors updated in place, so a step can be replayed
     as a CUDA graph (``pez_core.cuda_graph``) as well as run eagerly."""
 
-    def __init__(self, scorer: Scorer, config: PezConfig):
-        self.scorer, self.device = scorer, scorer.device
+    def __init__(self, scorer: Scorer, config: PezConfig, prior: TextPrior | None = None):
+        self.scorer, self.device, self.prior = scorer, scorer.device, prior
         self.config = config = config.for_device(scorer.device)
         self.problems, self.restarts = scorer.problems, config.restarts
         self.allowed = scorer.allowed
@@ -185,9 +189,17 @@ class Run:
             if watch.should_stop(step, self.best_per_problem()):
                 break
         results = self.finish(step, time.perf_counter() - started, stopped=step < self.config.steps)
-        if self.config.polish == "off" or watch.cancelled:
+        if self.config.polish != "off" and not watch.cancelled:
+            results = self.polished(results, watch, started)
+        return self.judged(results)
+
+    def judged(self, results: list[PezResult]) -> list[PezResult]:
+        """Each result with its perplexity under the prior (as it is when there is none)."""
+        if self.prior is None:
             return results
-        return self.polished(results, watch, started)
+        log_probs = self.prior.log_probs([r.prompt for r in results])
+        return [dataclasses.replace(r, perplexity=perplexity(lp), fluency_model=self.prior.name)
+                for r, lp in zip(results, log_probs)]
 
     def polished(self, results: list[PezResult], watch: Watch, started: float) -> list[PezResult]:
         """The polishing stage (``pez_core.polish``) on each problem's best string, within the time budget."""
@@ -196,7 +208,8 @@ class Run:
         kick_budget = None if watch.deadline is not None else int(work)
         found = polish_prompts(self.scorer, [r.prompt for r in results], self.config.polish,
                                deadline=watch.deadline, target_similarity=self.config.target_similarity,
-                               report=watch.polishing, kick_budget=kick_budget)
+                               report=watch.polishing, kick_budget=kick_budget, prior=self.prior,
+                               fluency=self.config.fluency)
         seconds = time.perf_counter() - started
         return [dataclasses.replace(r, prompt=f.prompt, token_ids=f.token_ids,
                                     similarity=clamp_similarity(f.similarity), seconds=seconds,
@@ -228,6 +241,8 @@ class Run:
         rows = torch.tensor([i for i, ok in enumerate(readable) if ok])
         scored = self.scorer.score_texts([texts[i] for i in rows.tolist()], self.problem_of_row[rows.to(self.device)])
         gain[rows], similarity[rows] = scored[0].float().cpu(), scored[1].float().cpu()
+        if self.prior is not None and self.config.fluency > 0:  # the restart that reads best, other things equal
+            gain[rows] += self.config.fluency * torch.tensor(self.prior.log_probs([texts[i] for i in rows.tolist()]))
         results = []
         for p in range(P):
             best = p * R + int(gain[p * R:(p + 1) * R].argmax())

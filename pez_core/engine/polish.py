@@ -18,9 +18,10 @@ PEZ ends at its best projection; from there single-token changes, scored in larg
 Modes (``POLISH_MODES``): off, prune, swap, swap+prune (swaps first, then pruning).
 
 Every candidate is decoded and scored as a string (``Scorer.score_texts``, re-tokenized), like the
-engine's final choice, on the whole objective (negatives, several images). A polished prompt never
-scores below the prompt it started from. Only the ``Scorer`` interface is used, so polishing serves
-every scorer.
+engine's final choice, on the whole objective (negatives, several images). With a language prior
+(``pez_core.engine.prior``) and a fluency weight, the gain also counts how the string reads, and the
+prior's likely next words are tried beside the gradient's tokens. A polished prompt never scores below
+the prompt it started from. Only the ``Scorer`` interface is used, so polishing serves every scorer.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .prior import TextPrior
 from .scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ PRUNE_BUDGET = 0.01       # total share of the similarity that pruning may spend
 TEXTS_PER_BATCH = {"cpu": 64, "other": 1024}  # strings per scoring call; a stop is seen between calls
 IMPROVEMENT = 1e-6        # a swap must gain more than this (float noise of a re-encoded string)
 FIRST_ORDER_SCORES_MAX = 1 << 26  # (positions x vocabulary) scores held at once
+PRIOR_PROPOSALS = 8       # the prior's most likely next words tried at each position, beside the gradient's
 
 # report(prompts, similarities) -> True to stop; may raise (a cancel) and the run ends without a result
 Report = Callable[[list[str], list[float]], "bool | None"]
@@ -62,7 +65,8 @@ class Polished:
 def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
                    deadline: float | None = None, target_similarity: float | None = None,
                    report: Report | None = None, floor: Sequence[float] | None = None,
-                   kick_budget: int | None = None) -> list[Polished]:
+                   kick_budget: int | None = None, prior: TextPrior | None = None,
+                   fluency: float = 0.0) -> list[Polished]:
     """Polish one prompt per problem of ``scorer`` (``prompts[p]`` for problem p).
 
     The result never has a lower gain than ``floor`` (default: the gain of the prompt it starts from).
@@ -70,10 +74,13 @@ def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
     does when ``report`` returns True. Problems whose similarity reaches ``target_similarity`` are not
     swapped further (pruning still runs: it never goes below where polishing started). A kick starts
     only while fewer than ``kick_budget`` strings have been scored (None: no limit but ``deadline``).
+    With ``prior`` and ``fluency`` > 0 the gain is the scorer's plus ``fluency`` x the string's mean
+    log-probability per token under the prior, and the prior proposes words too.
     """
     if mode not in POLISH_MODES:
         raise ValueError(f"unknown polish mode {mode!r}; choose one of {', '.join(POLISH_MODES)}")
-    work = _Polisher(scorer, list(prompts), floor, deadline, target_similarity, report, kick_budget)
+    fluent = _Fluency(prior, fluency, scorer) if prior is not None and fluency > 0 else None
+    work = _Polisher(scorer, list(prompts), floor, deadline, target_similarity, report, kick_budget, fluent)
     if mode in ("swap", "swap+prune"):
         work.swap()
     if mode in ("prune", "swap+prune"):
@@ -88,15 +95,16 @@ class _Polisher:
     keeping the best of what it scored, and nothing more is scored."""
 
     def __init__(self, scorer: Scorer, prompts: list[str], floor: Sequence[float] | None, deadline: float | None,
-                 target: float | None, report: Report | None, kick_budget: int | None):
+                 target: float | None, report: Report | None, kick_budget: int | None, fluency: "_Fluency | None"):
         self.scorer, self.deadline, self.target, self.report = scorer, deadline, target, report
-        self.kick_budget = kick_budget
+        self.kick_budget, self.fluency = kick_budget, fluency
         self.scored = 0                   # strings scored so far: the work a kick budget counts
         self.stopped = False              # out of time, or the caller asked to stop
         self.batch = TEXTS_PER_BATCH["cpu" if scorer.device.type == "cpu" else "other"]
         gains, sims = scorer.score_texts(prompts, torch.arange(len(prompts), device=scorer.device))
+        gains = self.fluency.gains(prompts, gains.tolist()) if self.fluency else gains.tolist()
         self.best = [Polished(t, scorer.tokenize(t), float(g), float(s))  # where the search is, per problem
-                     for t, g, s in zip(prompts, gains.tolist(), sims.tolist())]
+                     for t, g, s in zip(prompts, gains, sims.tolist())]
         self.floor = [b.gain for b in self.best] if floor is None else [float(f) for f in floor]
         self.longest = [len(b.token_ids) for b in self.best]  # tokens polishing started from: never exceeded
         self.held: list[Polished] = []    # while a kick is searched: the best before it
@@ -127,7 +135,8 @@ class _Polisher:
                 break
             rows = slice(start, start + self.batch)
             gain, sim = self.scorer.score_texts(texts[rows], torch.tensor(problems[rows], device=self.scorer.device))
-            gains[rows], sims[rows] = gain.float().tolist(), sim.float().tolist()
+            gain = self.fluency.gains(texts[rows], gain.float().tolist()) if self.fluency else gain.float().tolist()
+            gains[rows], sims[rows] = gain, sim.float().tolist()
             self.scored += len(texts[rows])
         return gains, sims
 
@@ -262,6 +271,9 @@ class _Polisher:
             for p, g, row_ids in zip(group, grad.detach(), ids):
                 out[p] = [(i, v) for i, v in self.best_moves(g, row_ids, keys, per_position)
                           if (i == only if only is not None else i >= self.kept.get(p, 0))]
+        if self.fluency:
+            for p, moves in self.fluency.proposals(self.best, problems, self.kept, only).items():
+                out[p] = list(dict.fromkeys(out[p] + moves))
         return out
 
     def best_moves(self, grad: torch.Tensor, ids: torch.Tensor, keys: torch.Tensor, per_position: int):
@@ -302,6 +314,33 @@ class _Polisher:
         j = min(rows, key=lambda j: (not (repeated[j] and gains[j] >= current), -gains[j]))
         self.keep(p, texts[j], gains[j], sims[j])
         return len(self.best[p].token_ids) > 1
+
+
+class _Fluency:
+    """The language prior's part of polishing: its term in the gain, and the words it proposes."""
+
+    def __init__(self, prior: TextPrior, weight: float, scorer: Scorer):
+        self.prior, self.weight, self.scorer = prior, weight, scorer
+        self.allowed = set(scorer.allowed.tolist())
+
+    def gains(self, texts: Sequence[str], gains: list[float]) -> list[float]:
+        return [g + self.weight * lp for g, lp in zip(gains, self.prior.log_probs(texts))]
+
+    def proposals(self, best: list[Polished], problems: list[int], kept: dict[int, int],
+                  only: int | None) -> dict[int, list[tuple[int, int]]]:
+        """(position, token) per problem: the prior's likely next words after each prefix, where one allowed
+        token of the scorer spells the word, and it is not the token already there."""
+        where = [(p, i) for p in problems for i in range(len(best[p].token_ids))
+                 if (i == only if only is not None else i >= kept.get(p, 0))]
+        prefixes = [self.scorer.decode(best[p].token_ids[:i]) for p, i in where]
+        words = self.prior.next_words(prefixes, PRIOR_PROPOSALS) if where else []
+        out: dict[int, list[tuple[int, int]]] = {p: [] for p in problems}
+        for (p, i), options in zip(where, words):
+            for word in options:
+                ids = self.scorer.tokenize(word)
+                if len(ids) == 1 and ids[0] in self.allowed and ids[0] != best[p].token_ids[i]:
+                    out[p].append((i, ids[0]))
+        return out
 
 
 def _with(ids: list[int], changes: dict[int, int]) -> list[int]:

@@ -1,0 +1,94 @@
+"""A causal language model as the fluency prior of a search (``pez_core.engine.prior.TextPrior``).
+
+It reads prompt strings with its own tokenizer, so it serves any optimised model: the mean
+log-probability per token of a string after the model's start token, and its likely next words.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+
+from ..common.errors import PezError
+from ..demo import CAPTION_LM
+from .model import LanguageModel, load_lm, token_texts
+
+log = logging.getLogger(__name__)
+
+# fluency_model names the library knows: a bundled model, or a Hugging Face repository
+FLUENCY_PRESETS = {
+    CAPTION_LM: CAPTION_LM,                         # bundled, offline: the shapes-demo world's captions
+    "gpt2": "openai-community/gpt2",                # 124M, 0.55 GB
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M",   # 135M, 0.27 GB
+}
+TEXTS_PER_CALL = 256          # strings through the model at once
+CACHE_SIZE = 1 << 16          # polishing scores many strings again (kicks, combined swaps)
+_WORD = re.compile(r" ?[A-Za-z]+")
+
+
+class LmPrior:
+    """``TextPrior`` over a ``LanguageModel``; scores are cached by string."""
+
+    def __init__(self, lm: LanguageModel, name: str | None = None):
+        self.lm, self.name = lm, name or lm.name
+        self.cache: dict[str, float] = {}
+        self.token_texts = token_texts(lm.tokenizer)
+        specials = set(lm.tokenizer.all_special_ids)
+        self.word_ids = torch.tensor([i for i, t in enumerate(self.token_texts)
+                                      if _WORD.fullmatch(t) and i not in specials], device=lm.device)
+
+    def log_probs(self, texts: Sequence[str]) -> list[float]:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        for start in range(0, len(missing), TEXTS_PER_CALL):
+            chunk = missing[start:start + TEXTS_PER_CALL]
+            if len(self.cache) + len(chunk) > CACHE_SIZE:
+                self.cache.clear()
+            self.cache.update(zip(chunk, self._mean_log_probs(chunk)))
+        return [self.cache[t] for t in texts]
+
+    @torch.no_grad()
+    def _mean_log_probs(self, texts: list[str]) -> list[float]:
+        ids, mask = self._batch([self.lm.encode(t) for t in texts])
+        logits = self.lm.model(input_ids=ids, attention_mask=mask).logits.float()
+        token_lp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+        real = mask[:, 1:].float()
+        counts = real.sum(1)
+        means = (token_lp * real).sum(1) / counts.clamp(min=1)
+        return [m if n > 0 else -math.inf for m, n in zip(means.tolist(), counts.tolist())]
+
+    @torch.no_grad()
+    def next_words(self, prefixes: Sequence[str], count: int) -> list[list[str]]:
+        if not prefixes:
+            return []
+        encoded = [self.lm.encode(p) for p in prefixes]
+        ids, mask = self._batch(encoded)
+        logits = self.lm.model(input_ids=ids, attention_mask=mask).logits.float()
+        last = logits[torch.arange(len(encoded)), torch.tensor([len(e) for e in encoded])]  # after each prefix
+        top = last[:, self.word_ids].topk(min(count, len(self.word_ids)), dim=-1).indices
+        return [[self.token_texts[i].strip() for i in self.word_ids[row].tolist()] for row in top]
+
+    def _batch(self, encoded: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The start token, then each sequence, right-padded; and the mask of real tokens."""
+        start, width = self.lm.start_id, 1 + max(len(e) for e in encoded)
+        self.lm.check_length(width, "a prompt")
+        ids = torch.full((len(encoded), width), start, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, e in enumerate(encoded):
+            ids[row, 1:1 + len(e)] = torch.tensor(e, dtype=torch.long)
+            mask[row, :1 + len(e)] = 1
+        return ids.to(self.lm.device), mask.to(self.lm.device)
+
+
+@lru_cache(maxsize=2)
+def load_prior(name: str, device: str = "auto") -> LmPrior:
+    """The fluency prior ``name``: a key of ``FLUENCY_PRESETS``, a Hugging Face name or a model folder.
+    Downloads only what is not offline (``HF_HUB_OFFLINE``)."""
+    if not isinstance(name, str) or not name.strip():
+        raise PezError(f"fluency model must be a language model's name or path, got {name!r}")
+    source = FLUENCY_PRESETS.get(name, name)
+    log.info("fluency prior: loading %s", source)
+    return LmPrior(load_lm(source, device=device, allow_download=True), name)
