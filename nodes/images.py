@@ -9,7 +9,7 @@ from .. import pez_core
 from .config import check_choices, make_config
 from .progress import LiveProgress, log_results, text_ui
 from .schema import (blocklist_input, learning_rate_input, model_input, negative_inputs, node_schema, prompt_length_input,
-                     prompt_outputs, restarts_input, seed_input, steps_input, stopping_inputs, vocabulary_input)
+                     prompt_outputs, readability_inputs, restarts_input, seed_input, steps_input, stopping_inputs, vocabulary_input)
 from .session import device_session
 from .values import first, images_of, texts_of
 
@@ -33,7 +33,7 @@ class _ImagePromptNode(io.ComfyNode):
             cls.NODE_ID, cls.TITLE, cls.DESCRIPTION,
             [model_input(), io.Image.Input("images", tooltip=cls.IMAGES_TOOLTIP), prompt_length_input(),
              steps_input(), restarts_input(), learning_rate_input(), seed_input(), vocabulary_input(),
-             blocklist_input(), *negative_inputs(), *stopping_inputs()],
+             blocklist_input(), *negative_inputs(), *stopping_inputs(), *readability_inputs()],
             cls.outputs(), is_input_list=True)
 
     @classmethod
@@ -45,13 +45,15 @@ class _ImagePromptNode(io.ComfyNode):
     def execute(cls, pez_model: list, images: list, prompt_length: list, steps: list, restarts: list,
                 learning_rate: list, seed: list, vocabulary: list, blocklist: list | None = None,
                 negative_images: list | None = None, negative_text: list | None = None, polish: list | None = None,
-                time_budget: list | None = None, target_similarity: list | None = None) -> io.NodeOutput:
+                time_budget: list | None = None, target_similarity: list | None = None,
+                readability: list | None = None, fluency: list | None = None) -> io.NodeOutput:
         model = first(pez_model)
         config = make_config(prompt_length=first(prompt_length), steps=first(steps), seed=first(seed),
                              vocabulary=first(vocabulary), restarts=first(restarts, 0),
                              learning_rate=first(learning_rate), blocklist=first(blocklist, ""),
                              polish=first(polish), time_budget=first(time_budget, 0.0),
-                             target_similarity=first(target_similarity, 0.0))
+                             target_similarity=first(target_similarity, 0.0), readability=first(readability),
+                             fluency=first(fluency, 0.0))
         with device_session(model):
             pictures = images_of(images)
             if not pictures:

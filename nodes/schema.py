@@ -119,3 +119,22 @@ def stopping_inputs() -> list[io.Input]:
         io.Float.Input("target_similarity", default=0.0, min=0.0, max=1.0, step=0.01, round=0.001, optional=True,
                        tooltip="Stop as soon as the prompt reaches this similarity. 0 = no target."),
     ]
+
+
+READABILITY = ("auto", "off", "on")
+
+
+def readability_inputs() -> list[io.Input]:
+    """The fluency prior: optional, after every older input."""
+    return [
+        io.Combo.Input("readability", options=list(READABILITY), default="auto", optional=True, tooltip=(
+            "Prompts that read like text: a language model judges every candidate of polishing and proposes "
+            "likely next words. on: with shapes-demo the bundled caption model (offline, under 2 MB); with "
+            f"other CLIPs {pez_core.DEFAULT_FLUENCY_MODEL} (124M parameters, downloads 0.55 GB once). It trades "
+            "a little similarity for readability and costs time (see the pack's README, 'Readable prompts'). "
+            "auto: on where measured to pay (the demo model), off elsewhere.")),
+        io.Float.Input("fluency", default=0.0, min=0.0, max=pez_core.FLUENCY_MAX, step=0.05, round=0.001,
+                       optional=True, tooltip=(
+            f"Advanced: how much readability counts when it is on. 0 = the measured default "
+            f"({pez_core.READABLE_FLUENCY}); higher reads better and matches the image less.")),
+    ]

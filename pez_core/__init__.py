@@ -6,8 +6,9 @@
     >>> result.prompt, result.similarity
 
 Layers (imports flow down only; ``pyproject.toml`` declares them for import-linter): ``cli`` on top;
-``clip`` and ``lm``, the model families, beside each other; ``engine``, the model-agnostic PEZ search;
-``common`` and ``demo`` at the bottom. Language models: ``pez_core.lm``.
+``clip``, which reads prompts with a language model as its fluency prior; ``lm``, language models (the
+prior, and PEZ on an LM's own task); ``engine``, the model-agnostic PEZ search; ``common`` and ``demo``
+at the bottom.
 """
 import importlib
 
@@ -20,9 +21,11 @@ _HOMES = {
                       "load_model", "optimize", "score", "score_each", "style",
                       # what the ComfyUI nodes need besides
                       "CHECKPOINT_SUFFIXES", "DEFAULT_MODEL", "bundled_models", "cached_models", "clip_tokenizer",
-                      "joint_members", "preset_of_file"),
+                      "joint_members", "preset_of_file", "DEFAULT_FLUENCY_MODEL"),
     ".common.errors": ("ModelLoadError", "PezError", "WeightsNotAvailableError"),
     ".common.limits": ("check_text", "set_interrupt_check"),
+    ".engine.prior": ("FLUENCY_MAX", "READABLE_FLUENCY", "TextPrior"),
+    ".lm.prior": ("FLUENCY_PRESETS", "LmPrior", "load_prior"),
     ".engine": ("LR_RANGE", "LR_SCHEDULES", "MAX_RESTARTS", "MAX_STEPS", "POLISH_MODES", "VOCAB_MODES",
                         "PezConfig", "PezResult", "Progress", "Scorer", "polish_prompts", "search", "PRUNE_BUDGET"),
 }
@@ -54,6 +57,7 @@ __all__ = [
     "check_text", "clear_cache", "distill", "invert", "load_model", "optimize", "polish_prompts", "score",
     "search", "set_interrupt_check", "style",
     "CHECKPOINT_SUFFIXES", "DEFAULT_MODEL", "PRUNE_BUDGET", "bundled_models", "cached_models", "clip_tokenizer",
-    "joint_members", "preset_of_file",
+    "joint_members", "preset_of_file", "DEFAULT_FLUENCY_MODEL", "FLUENCY_MAX", "FLUENCY_PRESETS", "LmPrior",
+    "READABLE_FLUENCY", "TextPrior", "load_prior",
 ]
 __version__ = "0.1.0"

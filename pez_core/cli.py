@@ -16,7 +16,10 @@ from . import lm
 from .clip import DEFAULT_MODEL, MAX_PROMPT_TOKENS, PRECISIONS, available_models, combine, load_model, tasks
 from .clip.tasks import DEFAULT_NEGATIVE_WEIGHT, check_negative_weight
 from .common.errors import PezError
+from .clip.presets import DEFAULT_FLUENCY_MODEL, FLUENCY_MODEL_OF, READABLE_BY_DEFAULT
 from .engine import LR_SCHEDULES, POLISH_MODES, VOCAB_MODES, PezConfig
+from .engine.prior import READABLE_FLUENCY
+from .lm.prior import FLUENCY_PRESETS
 
 log = logging.getLogger("pez_core")
 DEFAULTS = PezConfig()
@@ -92,11 +95,12 @@ def _optimisation_options() -> argparse.ArgumentParser:
                        help="stop as soon as the best prompt string reaches this similarity")
     optim.add_argument("--fluency", type=float, default=DEFAULTS.fluency, metavar="W", help=(
         "weight of a language prior on how the prompt reads, in the final choice and polishing: the gain is "
-        "the similarity plus W x the mean log-probability per token under --fluency-model (0: off; "
-        "default %(default)s)"))
+        "the similarity plus W x the mean log-probability per token under --fluency-model. 0: off; default: "
+        f"{READABLE_FLUENCY} for {', '.join(sorted(READABLE_BY_DEFAULT))} (measured), off for other models"))
     optim.add_argument("--fluency-model", metavar="LM", help=(
-        "the prior's causal LM: gpt2, smollm2-135m, shapes-caption-lm, a Hugging Face name or a folder "
-        "(default: shapes-caption-lm for shapes-demo, else gpt2)"))
+        f"the prior's causal LM: {', '.join(FLUENCY_PRESETS)}, a Hugging Face name or a folder (default: "
+        f"{', '.join(f'{v} for {k}' for k, v in FLUENCY_MODEL_OF.items())}, else {DEFAULT_FLUENCY_MODEL}); "
+        "giving one turns fluency on"))
     optim.add_argument("--negative-text", action="append", default=[], help="text to push away from (repeatable)")
     optim.add_argument("--negative-image", action="append", default=[], type=Path, help="image to push away from")
     optim.add_argument("--negative-weight", type=_negative_weight, default=DEFAULT_NEGATIVE_WEIGHT,

@@ -90,11 +90,13 @@ def task_data(seed: int, per_label: int) -> list[dict]:
     return rows
 
 
-def train_tokenizer(corpus: list[str], vocab_size: int):
+def train_tokenizer(corpus: list[str], vocab_size: int, add_prefix_space: bool = False):
+    """A byte-level BPE (any string encodes) with ``BOS`` as its only special token. ``add_prefix_space``: the
+    first word is encoded as if a space came before it, as every other word is."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tok = ByteLevelBPETokenizer()
+    tok = ByteLevelBPETokenizer(add_prefix_space=add_prefix_space)
     tok.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=1, special_tokens=[BOS], show_progress=False)
     return PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, bos_token=BOS, eos_token=BOS, unk_token=BOS)
 
@@ -112,39 +114,54 @@ def batches(ids: list[list[int]], batch_size: int, pad: int, step: int, seed: in
     return inputs, labels
 
 
-def train(name: str, out_dir: Path, steps: int, documents: int, batch_size: int) -> dict:
+def new_gpt2(tokenizer, width: int, layers: int, heads: int, seed: int, positions: int = 96):
+    """A freshly initialised (from ``seed``) GPT-2 without dropout whose BOS and EOS are the tokenizer's BOS."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    seed, vocab_size, width, layers, heads = MODELS[name]
-    rng = random.Random(seed)
-    corpus = [document(rng) for _ in range(documents)]
-    tokenizer = train_tokenizer(corpus, vocab_size)
     bos = tokenizer.bos_token_id
-    ids = [[bos] + tokenizer(doc)["input_ids"] + [bos] for doc in corpus]
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=96, n_embd=width, n_layer=layers, n_head=heads,
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=positions, n_embd=width, n_layer=layers, n_head=heads,
                         bos_token_id=bos, eos_token_id=bos, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup, started = 100, time.perf_counter()
+    return GPT2LMHeadModel(config)
+
+
+def fit(model, ids: list[list[int]], pad: int, steps: int, batch_size: int, seed: int, name: str,
+        peak_lr: float = 3e-3, warmup: int = 100) -> float:
+    """Train ``model`` on the documents ``ids`` (AdamW, linear warm-up then cosine to 0, the seeded ``batches``);
+    the last batch's loss."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.98), weight_decay=0.01)
+    started = time.perf_counter()
     for step in range(steps):
-        lr = 3e-3 * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        lr = peak_lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs, labels = batches(ids, batch_size, bos, step, seed)
+        inputs, labels = batches(ids, batch_size, pad, step, seed)
         loss = model(input_ids=inputs, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if step % 200 == 0 or step == steps - 1:
             print(f"{name} step {step} loss {loss.item():.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return loss.item()
+
+
+def train(name: str, out_dir: Path, steps: int, documents: int, batch_size: int) -> dict:
+    seed, vocab_size, width, layers, heads = MODELS[name]
+    rng = random.Random(seed)
+    corpus = [document(rng) for _ in range(documents)]
+    tokenizer = train_tokenizer(corpus, vocab_size)
+    bos = tokenizer.bos_token_id
+    ids = [[bos] + tokenizer(doc)["input_ids"] + [bos] for doc in corpus]
+    model = new_gpt2(tokenizer, width, layers, heads, seed)
+    started = time.perf_counter()
+    final_loss = fit(model, ids, bos, steps, batch_size, seed, name)
     folder = out_dir / name
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     for split, seed_, n in (("train", 100 + seed, 32), ("valid", 200 + seed, 100)):
         rows = task_data(seed_, n)
         (folder / f"sentiment-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"name": name, "seconds": round(time.perf_counter() - started, 1), "final_loss": round(loss.item(), 4),
+    return {"name": name, "seconds": round(time.perf_counter() - started, 1), "final_loss": round(final_loss, 4),
             "parameters": sum(p.numel() for p in model.parameters())}
 
 

@@ -59,6 +59,9 @@ BUNDLED_DESCRIPTIONS = {
 # the fluency prior of each bundled model (pez_core.lm.prior); every other CLIP reads English: GPT-2
 FLUENCY_MODEL_OF = {"shapes-demo": CAPTION_LM}
 DEFAULT_FLUENCY_MODEL = "gpt2"
+# where fluency=None (auto) means readable: measured to pay there (benchmarks/README.md, "Readable prompts");
+# elsewhere auto is off until measured (GPT-2 cannot be downloaded where this was built)
+READABLE_BY_DEFAULT = frozenset({"shapes-demo"})
 
 
 def bundled_models() -> dict[str, Path]:

@@ -7,6 +7,8 @@ also reports every model's similarity (``JointResult.similarities``).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import logging
 import math
 from numbers import Real
 from typing import Callable, Sequence
@@ -15,13 +17,15 @@ import torch
 
 from ..common.errors import PezError
 from ..engine.config import Callback, PezConfig, PezResult
-from ..engine.prior import TextPrior
+from ..engine.prior import READABLE_FLUENCY, TextPrior
 from ..lm.prior import load_prior
 from . import joint
 from .images import split_batch
 from .model import MAX_PROMPT_TOKENS, PezModel
 from .objective import Objective, optimize
-from .presets import DEFAULT_FLUENCY_MODEL, FLUENCY_MODEL_OF
+from .presets import DEFAULT_FLUENCY_MODEL, FLUENCY_MODEL_OF, READABLE_BY_DEFAULT
+
+log = logging.getLogger(__name__)
 
 Targets = list[list[tuple[torch.Tensor, float]]]  # per problem: (feature, weight) pairs
 
@@ -58,13 +62,22 @@ def _image_features(model: PezModel, images) -> torch.Tensor:
     return model.encode_images(images)
 
 
-def fluency_prior(model: joint.AnyModel, config: PezConfig) -> TextPrior | None:
-    """The language prior a run with ``config`` reads its prompts with: ``config.fluency_model``, else the
-    model's own (the caption LM for the demo model, GPT-2 for real CLIPs); None when fluency is 0."""
-    if not config.fluency:
-        return None
+def fluency_prior(model: joint.AnyModel, config: PezConfig) -> tuple[PezConfig, TextPrior | None]:
+    """``config`` with its fluency weight decided (None: ``READABLE_FLUENCY`` for the models in
+    ``READABLE_BY_DEFAULT``, else 0), and the language prior it reads prompts with: ``config.fluency_model``,
+    else the model's own (the caption LM for the demo model, GPT-2 for real CLIPs); None at weight 0."""
     first = model if isinstance(model, PezModel) else joint.joint_members(model)[0][0]
-    return load_prior(config.fluency_model or FLUENCY_MODEL_OF.get(first.name, DEFAULT_FLUENCY_MODEL), first.device)
+    if config.fluency is None:
+        readable = first.name in READABLE_BY_DEFAULT or config.fluency_model is not None
+        if readable and importlib.util.find_spec("transformers") is None:
+            log.warning("readable prompts need the language-model extra (pip install \"pez-hard-prompts[lm]\"); "
+                        "learning without the fluency prior")
+            readable = False
+        config = dataclasses.replace(config, fluency=READABLE_FLUENCY if readable else 0.0)
+    if not config.fluency:
+        return config, None
+    name = config.fluency_model or FLUENCY_MODEL_OF.get(first.name, DEFAULT_FLUENCY_MODEL)
+    return config, load_prior(name, str(first.device))
 
 
 def _optimize(model: joint.AnyModel, targets_of: Callable[[PezModel], Targets], config: PezConfig | None,
@@ -72,7 +85,7 @@ def _optimize(model: joint.AnyModel, targets_of: Callable[[PezModel], Targets], 
     """Targets as each model encodes them (its own image or text tower), then one search over all models."""
     config = config or PezConfig()
     config.validate()
-    prior = fluency_prior(model, config)
+    config, prior = fluency_prior(model, config)
     if isinstance(model, PezModel):  # one model: exactly the single-model search
         return optimize(model, Objective.stack(targets_of(model)), config, callback, prior)
     models = model if isinstance(model, joint.JointModel) else joint.combine(model)

@@ -47,7 +47,8 @@ class PezConfig:
     polish: str = "swap+prune"      # after the loop: off, prune, swap, swap+prune (measured: benchmarks/README.md)
     time_budget: float | None = None        # seconds for the whole run, polishing included
     target_similarity: float | None = None  # stop once every problem's best string reaches this
-    fluency: float = 0.0            # weight of the language prior in the final choice and polishing; 0: none
+    fluency: float | None = None    # weight of the language prior in the final choice and polishing; 0: none;
+                                    # None: the model's default (READABLE_FLUENCY where it is measured to pay)
     fluency_model: str | None = None        # the prior's causal LM (name or path); None: the model's default
 
     def validate(self, limit: "PromptLimit | None" = None) -> None:
@@ -80,7 +81,7 @@ class PezConfig:
         if self.target_similarity is not None and not (isinstance(self.target_similarity, (int, float))
                                                        and -1 < self.target_similarity <= 1):
             raise PezError(f"target similarity must be a number above -1 and at most 1, got {self.target_similarity!r}")
-        if not (isinstance(self.fluency, (int, float)) and 0 <= self.fluency <= FLUENCY_MAX):
+        if self.fluency is not None and not (isinstance(self.fluency, (int, float)) and 0 <= self.fluency <= FLUENCY_MAX):
             raise PezError(f"fluency must be a number from 0 (off) to {FLUENCY_MAX:g}, got {self.fluency!r}")
         if self.fluency_model is not None and not (isinstance(self.fluency_model, str) and self.fluency_model.strip()):
             raise PezError(f"fluency model must be a language model's name or path, got {self.fluency_model!r}")

@@ -209,7 +209,7 @@ class Run:
         found = polish_prompts(self.scorer, [r.prompt for r in results], self.config.polish,
                                deadline=watch.deadline, target_similarity=self.config.target_similarity,
                                report=watch.polishing, kick_budget=kick_budget, prior=self.prior,
-                               fluency=self.config.fluency)
+                               fluency=self.config.fluency or 0.0)
         seconds = time.perf_counter() - started
         return [dataclasses.replace(r, prompt=f.prompt, token_ids=f.token_ids,
                                     similarity=clamp_similarity(f.similarity), seconds=seconds,
@@ -241,7 +241,7 @@ class Run:
         rows = torch.tensor([i for i, ok in enumerate(readable) if ok])
         scored = self.scorer.score_texts([texts[i] for i in rows.tolist()], self.problem_of_row[rows.to(self.device)])
         gain[rows], similarity[rows] = scored[0].float().cpu(), scored[1].float().cpu()
-        if self.prior is not None and self.config.fluency > 0:  # the restart that reads best, other things equal
+        if self.prior is not None and self.config.fluency:  # the restart that reads best, other things equal
             gain[rows] += self.config.fluency * torch.tensor(self.prior.log_probs([texts[i] for i in rows.tolist()]))
         results = []
         for p in range(P):

@@ -49,6 +49,7 @@ TEXTS_PER_BATCH = {"cpu": 64, "other": 1024}  # strings per scoring call; a stop
 IMPROVEMENT = 1e-6        # a swap must gain more than this (float noise of a re-encoded string)
 FIRST_ORDER_SCORES_MAX = 1 << 26  # (positions x vocabulary) scores held at once
 PRIOR_PROPOSALS = 8       # the prior's most likely next words tried at each position, beside the gradient's
+DRAFT_BEAMS = 8           # a fluent draft: the best partial prompts kept per problem while words are added
 
 # report(prompts, similarities) -> True to stop; may raise (a cancel) and the run ends without a result
 Report = Callable[[list[str], list[float]], "bool | None"]
@@ -79,8 +80,10 @@ def polish_prompts(scorer: Scorer, prompts: Sequence[str], mode: str, *,
     """
     if mode not in POLISH_MODES:
         raise ValueError(f"unknown polish mode {mode!r}; choose one of {', '.join(POLISH_MODES)}")
-    fluent = _Fluency(prior, fluency, scorer) if prior is not None and fluency > 0 else None
+    fluent = _Fluency(prior, fluency, scorer) if prior is not None and fluency else None
     work = _Polisher(scorer, list(prompts), floor, deadline, target_similarity, report, kick_budget, fluent)
+    if fluent and mode != "off":
+        work.draft()
     if mode in ("swap", "swap+prune"):
         work.swap()
     if mode in ("prune", "swap+prune"):
@@ -142,6 +145,32 @@ class _Polisher:
 
     def keep(self, p: int, text: str, gain: float, similarity: float) -> None:
         self.best[p] = Polished(text, self.scorer.tokenize(text), gain, similarity)
+
+    # --- a fluent draft -----------------------------------------------------------------------------
+    def draft(self) -> None:
+        """Write a prompt word by word from the prior's likely next words, keeping the ``DRAFT_BEAMS`` partial
+        prompts of highest gain (similarity and fluency) per problem; a draft better than the prompt found
+        replaces it, so the swaps start from text. The drafts are no longer than the prompts found."""
+        beams = {p: [""] for p in range(len(self.best))}
+        for _ in range(max(self.longest)):
+            where = [(p, prefix) for p, prefixes in beams.items() for prefix in prefixes]
+            if not where or self.should_stop():
+                return
+            texts, owner = [], []
+            for (p, prefix), words in zip(where, self.fluency.prior.next_words([w for _, w in where], PRIOR_PROPOSALS)):
+                for word in words:
+                    text = f"{prefix} {word}".strip()
+                    if 0 < len(self.scorer.tokenize(text)) <= self.longest[p]:
+                        texts.append(text)
+                        owner.append(p)
+            gains, sims = self.score(texts, owner)
+            beams = {p: [] for p in beams}
+            for j in sorted(range(len(texts)), key=gains.__getitem__, reverse=True):
+                p = owner[j]
+                if gains[j] > -math.inf and len(beams[p]) < DRAFT_BEAMS and texts[j] not in beams[p]:
+                    beams[p].append(texts[j])
+                    if gains[j] > self.best[p].gain + IMPROVEMENT:
+                        self.keep(p, texts[j], gains[j], sims[j])
 
     # --- swap --------------------------------------------------------------------------------------
     def swap(self) -> None:

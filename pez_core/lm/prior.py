@@ -1,7 +1,9 @@
 """A causal language model as the fluency prior of a search (``pez_core.engine.prior.TextPrior``).
 
 It reads prompt strings with its own tokenizer, so it serves any optimised model: the mean
-log-probability per token of a string after the model's start token, and its likely next words.
+log-probability per token of a string between the model's start and end tokens, and its likely next
+words. The end token counts: a prompt cut short ("a") is unlikely to end there, so a short prompt is not
+preferred for being short.
 """
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ class LmPrior:
 
     @torch.no_grad()
     def _mean_log_probs(self, texts: list[str]) -> list[float]:
-        ids, mask = self._batch([self.lm.encode(t) for t in texts])
+        end = self.lm.tokenizer.eos_token_id
+        ids, mask = self._batch([self.lm.encode(t) + ([end] if t and end is not None else []) for t in texts])
         logits = self.lm.model(input_ids=ids, attention_mask=mask).logits.float()
         token_lp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
         real = mask[:, 1:].float()
