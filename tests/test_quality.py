@@ -15,7 +15,7 @@ import pez_core
 from pez_core import PezConfig
 from pez_core.demo import shapes
 from pez_core import bundled_models
-from quality import WORLD_WORDS, match_single  # benchmarks/ is on sys.path (conftest.py)
+from pez_core.demo.grading import WORLD_WORDS, match_single
 
 HELD_OUT_SEED = 424_242  # training draws from seeds [0, step], its evaluation from 12345
 IMAGES = 10
