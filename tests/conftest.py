@@ -21,9 +21,9 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 # The repository root is a ComfyUI pack whose `nodes/` folder would shadow ComfyUI's own top-level
 # `nodes` module if the root were importable (as `python -m pytest` makes it): tests get pez_core from
-# the (editable) install and their helpers from tests/ and scripts/, never the root itself.
+# the (editable) install and their helpers from tests/support, never the root itself.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
-sys.path[:0] = [str(TESTS), str(REPO / "scripts"), str(REPO / "benchmarks")]  # helpers, comfy_harness, quality
+sys.path.insert(0, str(TESTS / "support"))
 from comfy_harness import COMFY_DIR, DEFAULT_PYTHON, ComfyServer, comfyui_version  # noqa: E402
 from helpers import DEMO_IMAGE, TEST_IMAGES, TINY_MODEL, png_bytes, write_tiny_checkpoint  # noqa: E402
 

@@ -32,9 +32,9 @@ from urllib.parse import quote
 
 import pytest
 
-from demo import SAMPLES
 from helpers import PEZ_DISPLAY_NAMES as PEZ_NODES
 from helpers import TINY_MODEL
+from paths import SAMPLES
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
 """One prompt for several CLIPs (pez_core.clip.joint) on tiny random towers of different widths sharing the tokenizer."""
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -15,23 +14,9 @@ from pez_core.clip import joint
 from pez_core.engine import loop as engine
 from pez_core.common import devices as devices_module
 from pez_core.engine import scorer as scorer_module
-from helpers import TINY_CONFIG
+from helpers import write_variant
 
 TEXT = "a red circle on a white background"
-
-
-def write_variant(folder, name: str, width: int, embed_dim: int, seed: int) -> str:
-    """A tiny random CLIP like helpers.write_tiny_checkpoint's, with its own text width and feature size."""
-    from open_clip.model import CLIP
-    from safetensors.torch import save_file
-
-    config = copy.deepcopy(TINY_CONFIG)
-    config["embed_dim"], config["text_cfg"]["width"] = embed_dim, width
-    torch.manual_seed(seed)
-    model = CLIP(**config)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / f"{name}.safetensors"))
-    (folder / f"{name}.json").write_text(json.dumps(config))
-    return str(folder / f"{name}.safetensors")
 
 
 @pytest.fixture(scope="module")

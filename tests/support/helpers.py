@@ -1,14 +1,17 @@
 """What the tests share: tiny random-weight CLIPs, test images, node names, prompt templates, problems.
 
-``tests/`` is on ``sys.path`` (see ``conftest.py``), so tests import this as ``helpers``.
+``tests/support`` is on ``sys.path`` (see ``tests/conftest.py``), so tests import this as ``helpers``.
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 from pathlib import Path
 
 import torch
+
+from paths import REPO_ROOT
 
 TINY_MODEL = "pez-tiny.safetensors"
 TINY_CONFIG = {
@@ -27,7 +30,7 @@ PEZ_DISPLAY_NAMES = {
     "PEZ_PromptSimilarity": "PEZ Prompt Similarity",
     "PEZ_CombineModels": "PEZ Combine Models",
 }
-DEMO_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "pez-demo-shape.png"
+DEMO_IMAGE = REPO_ROOT / "assets" / "pez-demo-shape.png"
 # name -> (size, mode, background, shape colour, shape): RGB and RGBA PNGs of different sizes
 TEST_IMAGES = {
     "pez_red_circle.png": ((64, 64), "RGB", "white", "red", "ellipse"),
@@ -48,6 +51,20 @@ def write_tiny_checkpoint(folder: Path, name: str = "pez-tiny", seed: int = 0) -
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     (folder / f"{name}.json").write_text(json.dumps(TINY_CONFIG))
     return weights
+
+
+def write_variant(folder, name: str, width: int, embed_dim: int, seed: int) -> str:
+    """A tiny random CLIP like ``write_tiny_checkpoint``'s, with its own text width and feature size."""
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(TINY_CONFIG)
+    config["embed_dim"], config["text_cfg"]["width"] = embed_dim, width
+    torch.manual_seed(seed)
+    model = CLIP(**config)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / f"{name}.safetensors"))
+    (folder / f"{name}.json").write_text(json.dumps(config))
+    return str(folder / f"{name}.safetensors")
 
 
 def png_bytes(size: tuple[int, int], mode: str, background: object, colour: str, shape: str) -> bytes:
