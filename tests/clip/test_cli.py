@@ -5,20 +5,19 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from helpers import write_tiny_checkpoint
+from paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def pez(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run([sys.executable, "-m", "pez_core", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
+                          env=env, cwd=REPO_ROOT, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from helpers import write_tiny_checkpoint
+from paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def run_script(*args: str, env: dict | None = None, ok: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    done = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     if ok:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -101,7 +101,7 @@ def test_the_probes_say_plainly_that_they_need_cuda(tmp_path):
 
 def gpu_check(wheels: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WHEELS": str(wheels), "PYTHON": sys.executable}
-    return subprocess.run(["bash", "benchmarks/gpu_check.sh", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run(["bash", "benchmarks/gpu_check.sh", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -131,7 +131,7 @@ def test_the_device_check_runs_every_part_on_the_cpu(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "SITE": str(tmp_path / "site"), "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--quick"], cwd=ROOT, env=env,
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--quick"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=3600)
     summary = (out / "summary.txt").read_text()
     exits = dict(re.findall(r"^(\S+): exit (\d+) after \d+ s$", summary, re.M))

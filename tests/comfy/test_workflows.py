@@ -20,9 +20,9 @@ import pytest
 from comfy_harness import FRONTEND_ONLY, ComfyServer, input_type, inputs_in_order, is_widget, widget_values_per_input
 from comfy_harness import workflow_to_api as to_api
 from helpers import TINY_MODEL
-from paths import SAMPLES
+from paths import REPO_ROOT, SAMPLES
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+EXAMPLES = REPO_ROOT / "example_workflows"
 FILES = sorted(EXAMPLES.glob("*.json"))
 PACK = "pez_hard_prompts"
 NEEDS_CHECKPOINT = {"CheckpointLoaderSimple"}
