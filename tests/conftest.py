@@ -1,4 +1,5 @@
-"""Shared pytest fixtures. ``comfy_server``: one real ComfyUI server per session, started lazily.
+"""Shared pytest fixtures. ``model``: a tiny random-weight CLIP per test module. ``comfy_server``: one real
+ComfyUI server per session, started lazily.
 
 Before it starts, the server's base directory gets what the node tests use: a tiny random-weight
 CLIP checkpoint in ``models/pez`` (``pez-tiny.safetensors`` + ``pez-tiny.json``) and a few small
@@ -54,6 +55,14 @@ def prepare_base_dir(server: ComfyServer) -> None:
     if example.is_file():
         shutil.copyfile(example, server.input_dir / "example.png")
     server.add_file(f"input/{DEMO_IMAGE.name}", DEMO_IMAGE)  # the CPU example's (and the demo's) image
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random-weight CLIP on the CPU, one per test module (the engine's and the CLIP layer's tests)."""
+    import pez_core
+
+    return pez_core.load_model(str(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))), device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""PEZ finds the meaningful words: on the bundled shapes-demo CLIP, a short run names colour and shape.
+"""Grading in the demo world (pez_core.demo.grading), and PEZ passing it: PEZ finds the meaningful words, on
+the bundled shapes-demo CLIP a short run names colour and shape.
 
 The full study (every vocabulary, length, restarts, baselines) is ``benchmarks/quality.py``; its
 table is in ``benchmarks/README.md``. This is the fast regression check of its most reliable setting.

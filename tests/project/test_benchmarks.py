@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import write_tiny_checkpoint
 from paths import REPO_ROOT
-
+from tiny_lm import needs_demo
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +224,23 @@ def test_polish_modes_benchmark_polishes_the_same_prompts():
     similarity = {cells[1].strip(): float(cells[3]) for cells in rows}
     assert all(similarity[mode] >= similarity["off"] - 1e-4 for mode in similarity)  # never below PEZ's own
     assert "All sets: off " in done.stdout and "target ≥ 90 %" in done.stdout
+
+
+@needs_demo
+def test_lm_benchmark_script_runs_end_to_end(tmp_path):
+    """A few steps only: the script and its table, not the figures."""
+    import os
+    import subprocess
+
+    pytest.importorskip("transformers")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO_ROOT)) if p)}
+    done = subprocess.run([sys.executable, "benchmarks/lm.py", "--seeds", "0", "--fluency", "0", "1", "--steps", "3",
+                           "--restarts", "1", "--random", "2", "--polish", "prune", "--json", str(tmp_path / "runs.json")],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table[1:]] == ["| template alone", "| random prompts", "| PEZ",
+                                                              "| PEZ + fluency 1"]
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert len(runs["random prompts"]) == 2 and "not measured" in done.stdout

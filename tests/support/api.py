@@ -46,7 +46,6 @@ def run_error(server: ComfyServer, graph: dict[str, Any], timeout: float = 90) -
     return result.error
 
 
-
 class RawClient:
     """A second websocket client with its own client id: sees binary frames (progress text) too."""
 

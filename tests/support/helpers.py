@@ -39,6 +39,10 @@ TEST_IMAGES = {
 }
 
 
+class Cancelled(Exception):
+    """What a test's cancel hook raises, as ComfyUI's interrupt does."""
+
+
 def write_tiny_checkpoint(folder: Path, name: str = "pez-tiny", seed: int = 0) -> Path:
     """Write ``name.safetensors`` + ``name.json`` (open_clip config) and return the weights path."""
     from open_clip.model import CLIP
@@ -104,6 +108,14 @@ def planted_problem(model, length: int, seed: int):
     with torch.no_grad():
         random_best = float((model.encode_ids(random_prompts) @ target).max())
     return pez_core.Objective.stack([[(target, 1.0)]]), random_best
+
+
+def string_gain(model, objective, text: str) -> float:
+    """The gain a CLIP objective gives a prompt string (as it re-tokenizes): what polishing compares."""
+    import pez_core
+
+    scorer = pez_core.ClipScorer(model, objective)
+    return float(scorer.score_texts([text], torch.tensor([0]))[0][0])
 
 
 def clip_run(model, objective, config):
