@@ -22,7 +22,8 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 # The repository root is a ComfyUI pack whose `nodes/` folder would shadow ComfyUI's own top-level
 # `nodes` module if the root were importable (as `python -m pytest` makes it): tests get pez_core from
-# the (editable) install and their helpers from tests/support, never the root itself.
+# the (editable) install and their helpers from tests/support, never the root itself. Test files are
+# imported by path (--import-mode=importlib, pyproject.toml): no folder of tests needs to be on sys.path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
 sys.path.insert(0, str(TESTS / "support"))
 from comfy_harness import COMFY_DIR, DEFAULT_PYTHON, ComfyServer, comfyui_version  # noqa: E402

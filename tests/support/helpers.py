@@ -1,4 +1,5 @@
-"""What the tests share: tiny random-weight CLIPs, test images, node names, prompt templates, problems.
+"""What the tests share: tiny random-weight CLIPs (and variants of other widths), test images, node names,
+planted problems, the engine's run and a string's gain for a CLIP objective, the cancel a test raises.
 
 ``tests/support`` is on ``sys.path`` (see ``tests/conftest.py``), so tests import this as ``helpers``.
 """
