@@ -22,7 +22,7 @@ browser: venv
 
 # `make test` = the whole suite on ComfyUI 0.3.75, then (when ../shared has its tarball) the server
 # tests again on ComfyUI 0.33.0 with the newest frontend (`make test-newest`); it says when it skips that.
-# the layer contracts (pyproject.toml's [tool.importlinter]) and ruff; tests/test_architecture.py runs them too
+# the layer contracts (pyproject.toml's [tool.importlinter]) and ruff; tests/project/test_architecture.py runs them too
 lint: venv
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check --no-cache .
@@ -39,8 +39,7 @@ test: venv comfyui browser lint
 
 NEWEST_DIR := $(CURDIR)/.comfyui-newest
 NEWEST_PY := $(CURDIR)/.venv-newest/bin/python
-NEWEST_TESTS := tests/test_comfy_harness.py tests/test_nodes_api.py tests/test_stop.py tests/test_workflows.py \
-	tests/test_browser.py
+NEWEST_TESTS := tests/comfy tests/browser
 test-newest: browser
 	@start=$$(date +%s); \
 	NEWEST_DIR=$(NEWEST_DIR) NEWEST_VENV=$(dir $(NEWEST_PY)).. bash scripts/setup_comfyui_newest.sh || exit $$?; \

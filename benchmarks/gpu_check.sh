@@ -87,7 +87,7 @@ fi
 part bench-$big 140 "$py" benchmarks/gpu.py "${dev[@]}" --models $big --results "$results"
 part bench-$small 80 "$py" benchmarks/gpu.py "${dev[@]}" --models $small --results "$results"
 # only the tests that need the device; -P: the repository root stays off sys.path
-part tests 120 env PYTHONPATH="$site:$PWD/tests" "$py" -P -m pytest -q --noconftest -rs tests/test_gpu.py
+part tests 120 env PYTHONPATH="$site:$PWD/tests/support" "$py" -P -m pytest -q --noconftest -rs tests/engine/test_gpu.py
 # time to quality: the reference loop's 3000-step similarity, and the engine's time to it (rows as they come)
 part planted-$big 120 "$py" benchmarks/planted.py --model $big --seeds 1 --reference-steps "${planted[@]}" \
   --budget-steps "${planted[-1]}" --polish swap+prune off --results "$out/planted.jsonl"

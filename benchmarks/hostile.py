@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # the ComfyUI harness and test helpers
 from comfy_harness import ComfyServer, PromptRejected  # noqa: E402
 from fake_hub import FakeHub, SilentHub, closed_port  # noqa: E402
 from helpers import TINY_CONFIG, TINY_MODEL, png_bytes, write_tiny_checkpoint  # noqa: E402

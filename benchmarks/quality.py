@@ -15,12 +15,9 @@ in one ``invert`` call), next to baselines run in the same process on the same i
   phrases reaches;
 * the true caption's similarity (best template; for pairs the pair template, best order).
 
-Word matching (documented in benchmarks/README.md): a prompt is lower-cased and split into whole
-words (runs of letters). The right colour / shape must appear as an *exact* whole word; plurals and
-sub-word pieces do not count (the demo model never saw "circles" or "redcircle": to it those are
-other, untrained tokens). "No other shape" is checked strictly: a different shape word *or its
-plural* anywhere fails the prompt. Junk tokens: the prompt's tokens (as it re-tokenizes) that are
-not tokens of the world's words.
+Word matching is ``pez_core.demo.grading``'s (documented in benchmarks/README.md): exact whole words,
+no plurals or sub-word pieces, no other shape anywhere. Junk tokens: the prompt's tokens (as it
+re-tokenizes) that are not tokens of the world's words.
 """
 from __future__ import annotations
 
@@ -43,6 +40,7 @@ import torch  # noqa: E402
 import pez_core  # noqa: E402
 from pez_core import PezConfig, allowed_token_ids  # noqa: E402
 from pez_core.demo import shapes  # noqa: E402
+from pez_core.demo.grading import WORLD_WORDS, match_pair, match_single  # noqa: E402
 
 try:
     from benchmarks.reference_loop import reference_pez
@@ -51,47 +49,6 @@ except ImportError:  # run as a script from benchmarks/
     from reference_loop import reference_pez
 
 SINGLE_SEED, PAIR_SEED = 31_337, 31_338  # training draws from seeds [0, step]; its evaluation from 12345
-TEMPLATE_WORDS = tuple(sorted({w for t in shapes.TEMPLATES for w in re.findall(r"[a-z]+", re.sub(r"{\w+}", " ", t))}))
-WORLD_WORDS = tuple(dict.fromkeys(shapes.WORDS + TEMPLATE_WORDS))  # the word bank: every word of every caption
-_PLURAL = {s: s + ("es" if s.endswith(("s", "x", "ch", "sh")) else "s") for s in shapes.SHAPES}
-_WORD = re.compile(r"[a-z]+")
-
-
-# --- matching ------------------------------------------------------------------------------------------
-def words_of(prompt: str) -> set[str]:
-    return set(_WORD.findall(prompt.lower()))
-
-
-def shape_mentions(words: set[str]) -> set[str]:
-    """Shapes named in ``words``, counting plurals (for the 'no other shape' check only)."""
-    return {s for s in shapes.SHAPES if s in words or _PLURAL[s] in words}
-
-
-@dataclass
-class Match:
-    colour: bool     # right colour as a whole word
-    shape: bool      # right shape as a whole word
-    recall: bool     # colour and shape, and no other shape (nor its plural)
-    strict: bool     # recall, and no colour word but the object's and the background's
-
-
-def match_single(prompt: str, scene: shapes.Scene) -> Match:
-    o, words = scene.objects[0], words_of(prompt)
-    colour, shape = o.color in words, o.shape in words
-    recall = colour and shape and shape_mentions(words) <= {o.shape}
-    strict = recall and (words & set(shapes.COLORS)) <= {o.color, scene.background}
-    return Match(colour, shape, recall, strict)
-
-
-def match_pair(prompt: str, scene: shapes.Scene) -> tuple[bool, bool]:
-    """(both objects named: both colours, both shapes, no third shape; the largest object named: recall)."""
-    words = words_of(prompt)
-    truth_shapes = {o.shape for o in scene.objects}
-    both = (all(o.color in words and o.shape in words for o in scene.objects)
-            and shape_mentions(words) <= truth_shapes)
-    big = scene.objects[0]
-    largest = big.color in words and big.shape in words and shape_mentions(words) <= truth_shapes
-    return both, largest
 
 
 def world_token_ids(model) -> set[int]:

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # the ComfyUI harness the tests use too
 from comfy_harness import COMFY_DIR, DEFAULT_PYTHON, PACK_NAME, ComfyServer, workflow_to_api  # noqa: E402
+from paths import SAMPLES  # noqa: E402
 
 WORKFLOW = ROOT / "example_workflows" / "5 Image to prompt on the CPU.json"
 SAMPLE = ROOT / "assets" / "pez-demo-shape.png"
-SAMPLES = sorted((ROOT / "assets").glob("pez-demo-*.png"))  # the images the example workflows load
 SERVE_HOME = ROOT / ".comfyui-home"
 
 log = logging.getLogger("demo")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up what tests/test_browser.py needs: Debian's chromium and Playwright for Python.
+# Set up what tests/browser/test_browser.py needs: Debian's chromium and Playwright for Python.
 #
 #   - chromium from apt (/usr/bin/chromium); Playwright drives it through executable_path.
 #   - playwright (pinned in requirements/browser.txt) into the venv.

@@ -88,7 +88,7 @@ if [[ "${FORCE:-0}" != 1 && -f "$DEPS_STAMP" && "$(cat "$DEPS_STAMP")" == "$deps
 else
   req="$(mktemp)"
   # torch* come from the venv; requests is imported by ComfyUI but not listed;
-  # websocket-client is for tests/comfy_harness.py.
+  # websocket-client is for tests/support/comfy_harness.py.
   grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFY_DIR/requirements.txt" > "$req"
   printf 'requests\nwebsocket-client\n' >> "$req"
   log "installing ComfyUI requirements (pinned by ${CONSTRAINTS#"$ROOT/"})"

@@ -1,4 +1,5 @@
-"""Shared pytest fixtures. ``comfy_server``: one real ComfyUI server per session, started lazily.
+"""Shared pytest fixtures. ``model``: a tiny random-weight CLIP per test module. ``comfy_server``: one real
+ComfyUI server per session, started lazily.
 
 Before it starts, the server's base directory gets what the node tests use: a tiny random-weight
 CLIP checkpoint in ``models/pez`` (``pez-tiny.safetensors`` + ``pez-tiny.json``) and a few small
@@ -21,9 +22,10 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 # The repository root is a ComfyUI pack whose `nodes/` folder would shadow ComfyUI's own top-level
 # `nodes` module if the root were importable (as `python -m pytest` makes it): tests get pez_core from
-# the (editable) install and their helpers from tests/ and scripts/, never the root itself.
+# the (editable) install and their helpers from tests/support, never the root itself. Test files are
+# imported by path (--import-mode=importlib, pyproject.toml): no folder of tests needs to be on sys.path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
-sys.path[:0] = [str(TESTS), str(REPO / "scripts"), str(REPO / "benchmarks")]  # helpers, comfy_harness, quality
+sys.path.insert(0, str(TESTS / "support"))
 from comfy_harness import COMFY_DIR, DEFAULT_PYTHON, ComfyServer, comfyui_version  # noqa: E402
 from helpers import DEMO_IMAGE, TEST_IMAGES, TINY_MODEL, png_bytes, write_tiny_checkpoint  # noqa: E402
 
@@ -54,6 +56,14 @@ def prepare_base_dir(server: ComfyServer) -> None:
     if example.is_file():
         shutil.copyfile(example, server.input_dir / "example.png")
     server.add_file(f"input/{DEMO_IMAGE.name}", DEMO_IMAGE)  # the CPU example's (and the demo's) image
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random-weight CLIP on the CPU, one per test module (the engine's and the CLIP layer's tests)."""
+    import pez_core
+
+    return pez_core.load_model(str(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))), device="cpu")
 
 
 @pytest.fixture(scope="session")

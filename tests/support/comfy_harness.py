@@ -1,4 +1,4 @@
-"""Run a real ComfyUI server (from ``.comfyui/``, see scripts/setup_comfyui.sh) for tests and demos.
+"""Run a real ComfyUI server (from ``.comfyui/``, see scripts/setup_comfyui.sh) for tests, the demo and benchmarks.
 
 The repository root is the custom-node pack: it is symlinked into ``<base>/custom_nodes/<pack>``
 of a throw-away base directory, so the server loads this working tree as it is.
@@ -35,12 +35,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import requests
 
+from paths import REPO_ROOT
+
 if TYPE_CHECKING:
     import websocket
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Which ComfyUI, run by which Python: PEZ_COMFYUI_DIR / PEZ_COMFYUI_PYTHON (`make test-newest` sets
 # them for its second pass), else the checkout's .comfyui/ (scripts/setup_comfyui.sh) and .venv/.
 COMFY_DIR = Path(os.environ.get("PEZ_COMFYUI_DIR") or REPO_ROOT / ".comfyui").resolve()

@@ -1,24 +1,23 @@
-"""The CLI end to end, in a subprocess, as a user runs it."""
+"""The CLI's CLIP commands (pez_core.cli) end to end, in a subprocess, as a user runs it; and what its
+argument parser refuses before any model is loaded."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from helpers import write_tiny_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
+from paths import REPO_ROOT
 
 
 def pez(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run([sys.executable, "-m", "pez_core", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
+                          env=env, cwd=REPO_ROOT, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +93,14 @@ def test_threads_option(setup):
     assert two.returncode == 0 and json.loads(two.stdout)["prompt"], two.stderr
     zero = pez("invert", images[0], "--model", checkpoint, "--threads", "0")
     assert zero.returncode == 2 and "--threads must be at least 1" in zero.stderr
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "lots"])
+def test_the_cli_refuses_a_non_finite_negative_weight_before_loading(value, capsys, monkeypatch):
+    from pez_core import cli
+
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["invert", "any.png", "--negative-weight", value])
+    assert exited.value.code == 2
+    assert f"argument --negative-weight: '{value}': must be a finite number >= 0" in capsys.readouterr().err

@@ -1,7 +1,6 @@
 """One prompt for several CLIPs (pez_core.clip.joint) on tiny random towers of different widths sharing the tokenizer."""
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -15,23 +14,10 @@ from pez_core.clip import joint
 from pez_core.engine import loop as engine
 from pez_core.common import devices as devices_module
 from pez_core.engine import scorer as scorer_module
-from helpers import TINY_CONFIG
+from helpers import write_variant
+from paths import REPO_ROOT
 
 TEXT = "a red circle on a white background"
-
-
-def write_variant(folder, name: str, width: int, embed_dim: int, seed: int) -> str:
-    """A tiny random CLIP like helpers.write_tiny_checkpoint's, with its own text width and feature size."""
-    from open_clip.model import CLIP
-    from safetensors.torch import save_file
-
-    config = copy.deepcopy(TINY_CONFIG)
-    config["embed_dim"], config["text_cfg"]["width"] = embed_dim, width
-    torch.manual_seed(seed)
-    model = CLIP(**config)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / f"{name}.safetensors"))
-    (folder / f"{name}.json").write_text(json.dumps(config))
-    return str(folder / f"{name}.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -217,15 +203,13 @@ def test_cli_repeated_models_pair_up_and_report_each_similarity(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
     a, b = write_variant(tmp_path, "cli-a", 16, 32, 0), write_variant(tmp_path, "cli-b", 24, 40, 1)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
 
     def pez(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "pez_core", *args], capture_output=True, text=True, env=env,
-                              cwd=root, timeout=300)
+                              cwd=REPO_ROOT, timeout=300)
     common = ["distill", TEXT, "--steps", "6", "--prompt-len", "3", "--json", "--device", "cpu"]
     done = pez(*common, "--model", a, "--model", b, "--model-weight", "1", "--model-weight", "3")
     assert done.returncode == 0, done.stderr

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from comfy_harness import ComfyServer
-from helpers import TINY_MODEL
-from test_joint import write_variant
+from helpers import TINY_MODEL, write_variant
 
 SDXL = "SDXL (ViT-L-14 · openai + ViT-bigG-14 · laion2b_s39b_b160k)"
 FILES = {"pez-joint-a": (16, 32, 3), "pez-joint-b": (24, 40, 4),  # name: text width, embed dim, seed

@@ -1,4 +1,5 @@
-"""PEZ finds the meaningful words: on the bundled shapes-demo CLIP, a short run names colour and shape.
+"""Grading in the demo world (pez_core.demo.grading), and PEZ passing it: PEZ finds the meaningful words, on
+the bundled shapes-demo CLIP a short run names colour and shape.
 
 The full study (every vocabulary, length, restarts, baselines) is ``benchmarks/quality.py``; its
 table is in ``benchmarks/README.md``. This is the fast regression check of its most reliable setting.
@@ -15,7 +16,7 @@ import pez_core
 from pez_core import PezConfig
 from pez_core.demo import shapes
 from pez_core import bundled_models
-from quality import WORLD_WORDS, match_single  # benchmarks/ is on sys.path (conftest.py)
+from pez_core.demo.grading import WORLD_WORDS, match_single
 
 HELD_OUT_SEED = 424_242  # training draws from seeds [0, step], its evaluation from 12345
 IMAGES = 10

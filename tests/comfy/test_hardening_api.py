@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import torch
 
+from api import RawClient, invert_graph, model_node, run_error, run_ok
 from comfy_harness import ComfyServer, PromptRejected
 from fake_hub import FakeHub, closed_port
 from helpers import TINY_CONFIG, write_tiny_checkpoint
-from test_nodes_api import RawClient, invert_graph, model_node, run_error, run_ok
 
 LONG_WORD = "".join(random.Random(0).choice(string.ascii_lowercase) for _ in range(30_000))
 

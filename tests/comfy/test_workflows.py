@@ -5,7 +5,8 @@ by ComfyUI's template browser, and its PEZ part runs: the file is converted to t
 way the graph editor does it, models that cannot load offline become the tiny test checkpoint,
 steps are cut, and the nodes that need a diffusion checkpoint are left out. The images they load are
 the shipped samples in ``assets/`` (which ``make serve`` copies into its ``input/``), and each PEZ Load
-Model that names a preset declares the weights file for the frontend's missing-models dialog.
+Model that names a preset declares the weights file for the frontend's missing-models dialog. Workflows saved
+before pez_core was split into layers (``data/saved-before-layers-*.json``) still run as they were saved.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ import pytest
 
 from comfy_harness import FRONTEND_ONLY, ComfyServer, input_type, inputs_in_order, is_widget, widget_values_per_input
 from comfy_harness import workflow_to_api as to_api
-from demo import SAMPLES
 from helpers import TINY_MODEL
+from paths import REPO_ROOT, SAMPLES
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+EXAMPLES = REPO_ROOT / "example_workflows"
 FILES = sorted(EXAMPLES.glob("*.json"))
+# example workflows as commit 6d9758a shipped them, the last before pez_core/engine existed: fixed test data,
+# whatever the examples become
+SAVED_BEFORE_LAYERS = sorted((Path(__file__).resolve().parent / "data").glob("saved-before-layers-*.json"))
+PROMPT_NODES = {"PEZ_InvertImage", "PEZ_StylePrompt", "PEZ_DistillPrompt"}  # the nodes that learn a prompt
 PACK = "pez_hard_prompts"
 NEEDS_CHECKPOINT = {"CheckpointLoaderSimple"}
 TEST_STEPS = 8
@@ -169,3 +174,18 @@ def test_pez_part_runs(comfy_server: ComfyServer, object_info: dict[str, Any], p
         ui = result.outputs[key]
         assert ui["text"] and all(isinstance(t, str) for t in ui["text"])
         assert "pez_similarity" in ui or "pez_token_count" in ui
+
+
+@pytest.mark.parametrize("path", SAVED_BEFORE_LAYERS, ids=[f.stem for f in SAVED_BEFORE_LAYERS])
+def test_a_workflow_saved_before_the_layers_runs_unchanged(comfy_server: ComfyServer, object_info: dict[str, Any],
+                                                             path: Path) -> None:
+    """Converted as the graph editor does and cut down as the examples are (the tiny model for what cannot load
+    offline, few steps), a workflow saved by the pack before the layering runs and learns a prompt."""
+    graph = runnable_part(to_api(load(path), object_info), comfy_server.models_dir)
+    learners = [k for k, v in graph.items() if v["class_type"] in PROMPT_NODES]
+    assert learners, path.name
+    result = comfy_server.run(graph, timeout=120)
+    assert result.ok, (result.status, (result.error or {}).get("exception_message"))
+    for key in learners:
+        prompts = result.outputs[key]["text"]
+        assert prompts and all(isinstance(p, str) and p.strip() for p in prompts), (key, prompts)

@@ -9,22 +9,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import struct
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import websocket
 
-from comfy_harness import HOST, ComfyServer, PromptRejected, RunResult
+from api import RawClient, image_node, invert_graph, invert_node, model_node, run_error, run_ok
+from comfy_harness import ComfyServer, PromptRejected, RunResult
 from helpers import PEZ_DISPLAY_NAMES as DISPLAY_NAMES, TINY_MODEL
+from paths import REPO_ROOT
 
 PACK_MODULE = "custom_nodes.pez_hard_prompts"
-REPO = Path(__file__).resolve().parents[1]
-NODE_LIST = REPO / "node_list.json"
+NODE_LIST = REPO_ROOT / "node_list.json"
 TEXT_NODES = set(DISPLAY_NAMES) - {"PEZ_LoadModel", "PEZ_CombineModels"}  # the model nodes
 LIVE_KEYS = {"node", "display_node", "step", "total", "similarity", "prompt"}  # the web extension's contract
 LIVE_EXTRA = {"prompt_id", "prompts", "similarities", "stage"}
@@ -33,38 +31,6 @@ LONG_TEXT = ("a highly detailed oil painting of an old lighthouse on a rocky cli
              "in the style of the romantic seascape painters of the nineteenth century, museum quality, "
              "rich texture, cinematic composition, wide angle view from the beach below the cliff, a small boat "
              "with a red sail far out at sea, mist over the water, the first stars in a violet sky")
-
-
-# --- graph helpers -----------------------------------------------------------------------------------
-def model_node(model: str = TINY_MODEL, device: str = "auto") -> dict[str, Any]:
-    return {"class_type": "PEZ_LoadModel", "inputs": {"model": model, "precision": "auto", "device": device}}
-
-
-def image_node(name: str = "pez_red_circle.png") -> dict[str, Any]:
-    return {"class_type": "LoadImage", "inputs": {"image": name}}
-
-
-def invert_node(images: list[Any], *, steps: int = 12, seed: int = 0, length: int = 4, **extra: Any) -> dict[str, Any]:
-    inputs = {"pez_model": ["m", 0], "images": images, "prompt_length": length, "steps": steps, "restarts": 0,
-              "learning_rate": 0.1, "seed": seed, "vocabulary": "words", **extra}
-    return {"class_type": "PEZ_InvertImage", "inputs": inputs}
-
-
-def invert_graph(**kw: Any) -> dict[str, Any]:
-    return {"m": model_node(), "img": image_node(), "inv": invert_node(["img", 0], **kw)}
-
-
-def run_ok(server: ComfyServer, graph: dict[str, Any], timeout: float = 90) -> RunResult:
-    result = server.run(graph, timeout=timeout)
-    assert result.ok, (result.status, (result.error or {}).get("exception_message"))
-    return result
-
-
-def run_error(server: ComfyServer, graph: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
-    result = server.run(graph, timeout=timeout)
-    assert result.status == "error", (result.status, result.outputs)
-    assert result.error is not None
-    return result.error
 
 
 def text_of(result: RunResult, node: str) -> list[str]:
@@ -122,7 +88,7 @@ def test_the_packs_nodes_folder_does_not_shadow_comfyuis_nodes_module(comfy_serv
     assert not failed, failed
     # nor can this test process import the pack's folder as a top-level `nodes` (see conftest.py)
     spec = importlib.util.find_spec("nodes")
-    assert spec is None or REPO not in Path(spec.origin or "").parents, spec
+    assert spec is None or REPO_ROOT not in Path(spec.origin or "").parents, spec
 
 
 def test_node_list_json_matches_registered_nodes(comfy_server: ComfyServer) -> None:
@@ -295,42 +261,6 @@ def test_odd_images_work(comfy_server: ComfyServer, source: str) -> None:
 
 
 # --- progress, live text, cancel ------------------------------------------------------------------------
-class RawClient:
-    """A second websocket client with its own client id: sees binary frames (progress text) too."""
-
-    def __init__(self, server: ComfyServer):
-        self.server, self.client_id = server, uuid.uuid4().hex
-        self.ws = websocket.create_connection(f"ws://{HOST}:{server.port}/ws?clientId={self.client_id}",
-                                              timeout=10, http_no_proxy=[HOST, "localhost"])
-
-    def run(self, graph: dict[str, Any], timeout: float = 60) -> tuple[str, list[tuple[float, Any]]]:
-        """Queue ``graph`` as this client: its prompt id and the (receive time, frame) pairs until it
-        ends. Binary text frames become ("text", node id, text)."""
-        resp = self.server.request("POST", "/prompt", json={"prompt": graph, "client_id": self.client_id})
-        assert resp.ok, resp.text
-        prompt_id = resp.json()["prompt_id"]
-        frames: list[tuple[float, Any]] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            frame = self.ws.recv()
-            now = time.monotonic()
-            if isinstance(frame, bytes):
-                (event,) = struct.unpack(">I", frame[:4])
-                if event == 3:  # BinaryEventTypes.TEXT: node id length, node id, text
-                    (n,) = struct.unpack(">I", frame[4:8])
-                    frames.append((now, ("text", frame[8:8 + n].decode(), frame[8 + n:].decode())))
-                continue
-            msg = json.loads(frame)
-            frames.append((now, msg))
-            data = msg.get("data") or {}
-            if msg["type"] in ("execution_success", "execution_error") and data.get("prompt_id") == prompt_id:
-                return prompt_id, frames
-        raise TimeoutError(f"prompt {prompt_id} did not finish")
-
-    def close(self) -> None:
-        self.ws.close()
-
-
 def test_live_progress_for_the_web_extension(comfy_server: ComfyServer) -> None:
     graph = {**invert_graph(steps=120, seed=3), "cat": {"class_type": "PEZ_ConcatPrompts", "inputs": {
         "prompt_1": ["inv", 0], "prompt_2": "word " * 80, "separator": ", "}}}

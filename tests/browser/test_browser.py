@@ -32,18 +32,17 @@ from urllib.parse import quote
 
 import pytest
 
-from demo import SAMPLES
 from helpers import PEZ_DISPLAY_NAMES as PEZ_NODES
 from helpers import TINY_MODEL
+from paths import REPO_ROOT, SAMPLES
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
-WEB_JS = REPO / "web" / "js" / "pez.js"
-EXAMPLES = REPO / "example_workflows"
-ARTIFACTS = REPO / "artifacts" / "browser"
-README_SCREENSHOT = REPO / "docs" / "screenshot.png"
-LIVE_PROGRESS_SCREENSHOT = REPO / "docs" / "live-progress.png"
+WEB_JS = REPO_ROOT / "web" / "js" / "pez.js"
+EXAMPLES = REPO_ROOT / "example_workflows"
+ARTIFACTS = REPO_ROOT / "artifacts" / "browser"
+README_SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
+LIVE_PROGRESS_SCREENSHOT = REPO_ROOT / "docs" / "live-progress.png"
 
 CHROMIUM = Path(os.environ.get("PEZ_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [
@@ -89,7 +88,7 @@ EMPTY_WORKFLOW = {
 # --- static check (no browser) ---------------------------------------------------------------------
 def test_web_extension_is_offline_and_self_contained() -> None:
     """web/ loads nothing from the network and imports only the frontend's public modules."""
-    files = sorted((REPO / "web").rglob("*"))
+    files = sorted((REPO_ROOT / "web").rglob("*"))
     scripts = [f for f in files if f.is_file()]
     assert WEB_JS in scripts
     for path in scripts:

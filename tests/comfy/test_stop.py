@@ -1,6 +1,6 @@
 """"Stop & use best" through the real server: ``POST /pez/stop`` ends a running optimisation early and
 the node outputs the best prompt so far; Cancel still cancels; a stop for a node that is not running
-is refused and never stops a later run. (The button on the node: tests/test_browser.py.)"""
+is refused and never stops a later run. (The button on the node: tests/browser/test_browser.py.)"""
 
 from __future__ import annotations
 

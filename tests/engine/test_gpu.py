@@ -8,7 +8,6 @@ import subprocess
 import sys
 import types
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from pez_core import PezConfig
 from pez_core.engine import cuda_graph, loop as engine
 from pez_core.engine.scorer import ACTIVATION_ELEMENTS
 from helpers import encode_text_reference, kept_for_backward, planted_problem
+from paths import SUPPORT
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -122,7 +122,7 @@ print(json.dumps([result.prompt, result.token_ids, result.similarity, result.unp
 def test_same_seed_same_prompt_in_fresh_processes_on_device(precision):
     """The README's promise on CUDA (same seed, device and dtype: the same prompt), as the defaults run:
     CUDA graphs, cuBLAS and attention's backward with no deterministic mode forced on."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])}
     runs = [subprocess.run([sys.executable, "-c", FRESH_PROCESS_RUN, precision], capture_output=True, text=True,
                            env=env, timeout=600) for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr[-3000:]

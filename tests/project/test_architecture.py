@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from paths import REPO_ROOT
+
 TOOLS = Path(sys.executable).parent
 
 
 def _run(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_import_contracts_hold():
@@ -42,7 +43,7 @@ def test_nodes_use_public_pez_core_names_only():
     """``from ..pez_core import X`` or ``pez_core.X``: never a module inside pez_core."""
     import pez_core
 
-    for path in sorted((ROOT / "nodes").glob("*.py")):
+    for path in sorted((REPO_ROOT / "nodes").glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pez_core."):

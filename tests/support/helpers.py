@@ -1,14 +1,18 @@
-"""What the tests share: tiny random-weight CLIPs, test images, node names, prompt templates, problems.
+"""What the tests share: tiny random-weight CLIPs (and variants of other widths), test images, node names,
+planted problems, the engine's run and a string's gain for a CLIP objective, the cancel a test raises.
 
-``tests/`` is on ``sys.path`` (see ``conftest.py``), so tests import this as ``helpers``.
+``tests/support`` is on ``sys.path`` (see ``tests/conftest.py``), so tests import this as ``helpers``.
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 from pathlib import Path
 
 import torch
+
+from paths import REPO_ROOT
 
 TINY_MODEL = "pez-tiny.safetensors"
 TINY_CONFIG = {
@@ -27,13 +31,17 @@ PEZ_DISPLAY_NAMES = {
     "PEZ_PromptSimilarity": "PEZ Prompt Similarity",
     "PEZ_CombineModels": "PEZ Combine Models",
 }
-DEMO_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "pez-demo-shape.png"
+DEMO_IMAGE = REPO_ROOT / "assets" / "pez-demo-shape.png"
 # name -> (size, mode, background, shape colour, shape): RGB and RGBA PNGs of different sizes
 TEST_IMAGES = {
     "pez_red_circle.png": ((64, 64), "RGB", "white", "red", "ellipse"),
     "pez_blue_square.png": ((80, 48), "RGB", "white", "blue", "rectangle"),
     "pez_green_rgba.png": ((40, 40), "RGBA", (0, 0, 0, 0), "green", "ellipse"),
 }
+
+
+class Cancelled(Exception):
+    """What a test's cancel hook raises, as ComfyUI's interrupt does."""
 
 
 def write_tiny_checkpoint(folder: Path, name: str = "pez-tiny", seed: int = 0) -> Path:
@@ -48,6 +56,20 @@ def write_tiny_checkpoint(folder: Path, name: str = "pez-tiny", seed: int = 0) -
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     (folder / f"{name}.json").write_text(json.dumps(TINY_CONFIG))
     return weights
+
+
+def write_variant(folder, name: str, width: int, embed_dim: int, seed: int) -> str:
+    """A tiny random CLIP like ``write_tiny_checkpoint``'s, with its own text width and feature size."""
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(TINY_CONFIG)
+    config["embed_dim"], config["text_cfg"]["width"] = embed_dim, width
+    torch.manual_seed(seed)
+    model = CLIP(**config)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / f"{name}.safetensors"))
+    (folder / f"{name}.json").write_text(json.dumps(config))
+    return str(folder / f"{name}.safetensors")
 
 
 def png_bytes(size: tuple[int, int], mode: str, background: object, colour: str, shape: str) -> bytes:
@@ -87,6 +109,14 @@ def planted_problem(model, length: int, seed: int):
     with torch.no_grad():
         random_best = float((model.encode_ids(random_prompts) @ target).max())
     return pez_core.Objective.stack([[(target, 1.0)]]), random_best
+
+
+def string_gain(model, objective, text: str) -> float:
+    """The gain a CLIP objective gives a prompt string (as it re-tokenizes): what polishing compares."""
+    import pez_core
+
+    scorer = pez_core.ClipScorer(model, objective)
+    return float(scorer.score_texts([text], torch.tensor([0]))[0][0])
 
 
 def clip_run(model, objective, config):
