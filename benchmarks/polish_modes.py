@@ -12,17 +12,14 @@ import logging
 import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pez_core  # noqa: E402
-from pez_core import PezConfig  # noqa: E402
-from pez_core.demo import shapes  # noqa: E402
-from pez_core import ClipScorer  # noqa: E402
-from pez_core.clip.tasks import _image_features  # noqa: E402
-from quality import match_single  # noqa: E402
+import pez_core
+from pez_core import ClipScorer, PezConfig
+from pez_core.clip.tasks import _image_features
+from pez_core.demo import shapes
+from pez_core.demo.grading import match_single
 
 
 def measure(model, seed: int, count: int, steps: int, floorless: list[float]) -> list[dict]:

@@ -73,13 +73,14 @@ def test_bundled_model_rows_are_distinct():
 
 def test_bundled_model_seeds_give_different_prompts():
     """Different seeds start from different tokens and may end elsewhere; the prompt still names the object.
-    Measured (a small red circle, L=8, 150 steps): 3 different prompts of 3, all naming red and circle."""
+    Measured (a small red circle, L=8, 150 steps): 3 different prompts of 3, all naming red and circle. Without
+    the fluency prior: its fluent draft may win from every start, and this is about the starts."""
     import pez_core
     from pez_core import PezConfig
 
     model = pez_core.load_model("shapes-demo", device="cpu", precision="fp32")
     images, scenes = shapes.sample(HELD_OUT_SEED, 1, n_objects=1)
-    prompts = [pez_core.invert(model, images, PezConfig(prompt_len=8, steps=150, seed=s))[0].prompt for s in (0, 1, 11)]
+    prompts = [pez_core.invert(model, images, PezConfig(prompt_len=8, steps=150, seed=s, fluency=0))[0].prompt for s in (0, 1, 11)]
     assert len(set(prompts)) >= 2, prompts
     o = scenes[0].objects[0]
     assert sum(o.color in p.split() and o.shape in p.split() for p in prompts) >= 2, (o, prompts)

@@ -1,5 +1,5 @@
 """The layers hold: import-linter's contracts (pyproject.toml) and ruff pass, the engine imports neither
-open_clip nor transformers, and ComfyUI nodes use public pez_core names only."""
+open_clip nor transformers, ComfyUI nodes use public pez_core names only, and no function is over 50 lines."""
 from __future__ import annotations
 
 import ast
@@ -50,3 +50,19 @@ def test_nodes_use_public_pez_core_names_only():
                 raise AssertionError(f"{path.name}:{node.lineno} imports pez_core.{node.module[9:]}")
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "pez_core"):
                 assert node.attr in pez_core.__all__, f"{path.name}:{node.lineno} uses pez_core.{node.attr}"
+
+
+LONGEST_FUNCTION = 50  # lines, decorators and docstring included
+
+
+def test_no_product_function_is_over_50_lines():
+    product = [*(REPO_ROOT / "pez_core").rglob("*.py"), *(REPO_ROOT / "nodes").glob("*.py"), REPO_ROOT / "__init__.py"]
+    too_long = []
+    for path in product:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if node.end_lineno - first + 1 > LONGEST_FUNCTION:
+                    too_long.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name} "
+                                    f"({node.end_lineno - first + 1} lines)")
+    assert not too_long, too_long

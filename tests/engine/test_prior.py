@@ -1,5 +1,6 @@
 """The fluency prior in the search (pez_core.engine.prior): its term in the gain, the words it proposes,
-the perplexity a result reports, and nothing changed at fluency 0."""
+the perplexity a result reports, and nothing changed at fluency 0. The priors here are small rules, so a
+test can say which word must win; a real language model as the prior: tests/lm/test_prior.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -101,29 +102,3 @@ def test_bad_fluency_is_refused_naming_it(fluency):
 def test_empty_fluency_model_is_refused():
     with pytest.raises(PezError, match="fluency model must be"):
         PezConfig(fluency=1.0, fluency_model="  ").validate()
-
-
-@pytest.fixture(scope="module")
-def tiny_prior():
-    from pez_core.lm.prior import LmPrior
-
-    return LmPrior(pez_core.lm.load_lm("tiny-lm", device="cpu"))
-
-
-def test_a_language_model_prior_reads_its_own_language_better_than_a_shuffle(tiny_prior):
-    sentence, shuffled = tiny_prior.log_probs(["the film was lovely and witty .", "witty the . lovely was and film"])
-    assert sentence > shuffled + 1.0, (sentence, shuffled)
-
-
-def test_a_text_scores_the_same_alone_and_in_a_batch_of_other_lengths(tiny_prior):
-    texts = ["the film", "we sat near the front . it was late .", "what a dull show"]
-    together = tiny_prior.log_probs(texts)
-    tiny_prior.cache.clear()
-    alone = [tiny_prior.log_probs([t])[0] for t in texts]
-    assert together == pytest.approx(alone, abs=1e-5)
-
-
-def test_next_words_are_whole_words_the_model_expects(tiny_prior):
-    after_verdict, first = tiny_prior.next_words(["the film was lovely and witty . all in all , it was", ""], 6)
-    assert len(after_verdict) == 6 and all(w.isalpha() for w in after_verdict + first)
-    assert {"great", "terrible"} & set(after_verdict), after_verdict

@@ -7,7 +7,6 @@ import itertools
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +17,10 @@ from pez_core.demo import CAPTION_LM, shapes  # noqa: E402
 from pez_core.lm.model import bundled_lm, load_lm  # noqa: E402
 from pez_core.lm.prior import LmPrior  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from paths import REPO_ROOT  # noqa: E402
+
 FOLDER = bundled_lm(CAPTION_LM)
 SEED = 20260  # the script trains on seed 0 and reports on seeds 1 and 2
-needs_model = pytest.mark.skipif(not (FOLDER / "model.safetensors").is_file(), reason="caption LM not built")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,6 @@ def shuffle(rng: np.random.Generator, text: str) -> str:
     return candidate
 
 
-@needs_model
 def test_bundled_caption_lm_loads_offline_and_stays_small(prior):
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= \
         {p.name for p in FOLDER.iterdir()}
@@ -52,7 +50,6 @@ def test_bundled_caption_lm_loads_offline_and_stays_small(prior):
     assert prior.lm.start_id == prior.lm.tokenizer.bos_token_id  # the first word is scored after BOS
 
 
-@needs_model
 def test_captions_read_far_better_than_their_shuffles(prior):
     captions = held_out_captions(120)
     rng = np.random.default_rng(SEED)
@@ -72,7 +69,7 @@ def test_training_script_is_deterministic(tmp_path):
     for run in ("first", "second"):
         command = [sys.executable, "-m", "training.train_caption_lm", "--out-dir", str(tmp_path / run),
                    "--steps", "20", "--captions", "800", "--batch-size", "16"]
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "word salad" in done.stdout
         folder = tmp_path / run / CAPTION_LM

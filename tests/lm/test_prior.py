@@ -1,0 +1,33 @@
+"""A causal language model as the fluency prior (pez_core.lm.prior): it reads text better than its shuffle,
+scores a text the same alone and in a batch, and proposes whole words."""
+from __future__ import annotations
+
+import pytest
+
+import pez_core
+
+
+@pytest.fixture(scope="module")
+def tiny_prior():
+    from pez_core.lm.prior import LmPrior
+
+    return LmPrior(pez_core.lm.load_lm("tiny-lm", device="cpu"))
+
+
+def test_a_language_model_prior_reads_its_own_language_better_than_a_shuffle(tiny_prior):
+    sentence, shuffled = tiny_prior.log_probs(["the film was lovely and witty .", "witty the . lovely was and film"])
+    assert sentence > shuffled + 1.0, (sentence, shuffled)
+
+
+def test_a_text_scores_the_same_alone_and_in_a_batch_of_other_lengths(tiny_prior):
+    texts = ["the film", "we sat near the front . it was late .", "what a dull show"]
+    together = tiny_prior.log_probs(texts)
+    tiny_prior.cache.clear()
+    alone = [tiny_prior.log_probs([t])[0] for t in texts]
+    assert together == pytest.approx(alone, abs=1e-5)
+
+
+def test_next_words_are_whole_words_the_model_expects(tiny_prior):
+    after_verdict, first = tiny_prior.next_words(["the film was lovely and witty . all in all , it was", ""], 6)
+    assert len(after_verdict) == 6 and all(w.isalpha() for w in after_verdict + first)
+    assert {"great", "terrible"} & set(after_verdict), after_verdict
