@@ -70,17 +70,21 @@ def send_live(node: str | None, progress: pez_core.Progress) -> None:
 def text_ui(prompts: Sequence[str], similarities: Sequence[float],
             results: Sequence[pez_core.PezResult] = ()) -> dict[str, list]:
     """The UI output of every text-producing PEZ node: one string and one similarity per prompt; with
-    several models (PEZ Combine Models), also each model's similarity per prompt, in model order."""
+    several models (PEZ Combine Models), also each model's similarity per prompt, in model order; with the
+    fluency prior, each prompt's perplexity under it."""
     ui = {"text": [str(p) for p in prompts], "pez_similarity": [float(s) for s in similarities]}
     per_model = [list(getattr(r, "similarities", [])) for r in results]
     if any(per_model):
         ui["pez_model_similarities"] = per_model
+    if any(r.perplexity is not None for r in results):
+        ui["pez_perplexity"] = [r.perplexity for r in results]
     return ui
 
 
 def log_results(node: str, results: Sequence[pez_core.PezResult]) -> None:
     for r in results:
         each = getattr(r, "similarities", None)
-        log.info("%s: %r (similarity %.4f%s, %d steps, %.1f s%s)", node, r.prompt, r.similarity,
-                 f"; per model {', '.join(f'{s:.4f}' for s in each)}" if each else "", r.steps,
+        log.info("%s: %r (similarity %.4f%s%s, %d steps, %.1f s%s)", node, r.prompt, r.similarity,
+                 f"; per model {', '.join(f'{s:.4f}' for s in each)}" if each else "",
+                 f"; perplexity {r.perplexity:.1f} under {r.fluency_model}" if r.perplexity is not None else "", r.steps,
                  r.seconds, ", stopped early" if r.stopped_early else "")

@@ -15,17 +15,18 @@ from typing import Sequence
 
 import torch
 
-from ..common.errors import PezError
+from ..common.devices import hub_offline
+from ..common.errors import ModelLoadError, PezError, WeightsNotAvailableError
 from ..demo import CAPTION_LM
 from .model import LanguageModel, load_lm, token_texts
 
 log = logging.getLogger(__name__)
 
-# fluency_model names the library knows: a bundled model, or a Hugging Face repository
+# fluency_model names the library knows: (where the weights are, what a download costs)
 FLUENCY_PRESETS = {
-    CAPTION_LM: CAPTION_LM,                         # bundled, offline: the shapes-demo world's captions
-    "gpt2": "openai-community/gpt2",                # 124M, 0.55 GB
-    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M",   # 135M, 0.27 GB
+    CAPTION_LM: (CAPTION_LM, "bundled, 0.7 MB"),   # offline: the shapes-demo world's captions
+    "gpt2": ("openai-community/gpt2", "124M parameters, a 0.55 GB download"),
+    "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M", "135M parameters, a 0.27 GB download"),
 }
 TEXTS_PER_CALL = 256          # strings through the model at once
 CACHE_SIZE = 1 << 16          # polishing scores many strings again (kicks, combined swaps)
@@ -92,6 +93,13 @@ def load_prior(name: str, device: str = "auto") -> LmPrior:
     Downloads only what is not offline (``HF_HUB_OFFLINE``)."""
     if not isinstance(name, str) or not name.strip():
         raise PezError(f"fluency model must be a language model's name or path, got {name!r}")
-    source = FLUENCY_PRESETS.get(name, name)
-    log.info("fluency prior: loading %s", source)
-    return LmPrior(load_lm(source, device=device, allow_download=True), name)
+    source, size = FLUENCY_PRESETS.get(name, (name, "size unknown"))
+    log.info("fluency prior: loading %s (%s)", source, size)
+    try:
+        return LmPrior(load_lm(source, device=device, allow_download=True), name)
+    except ModelLoadError as e:
+        offline = " This machine is offline (HF_HUB_OFFLINE)." if hub_offline() else ""
+        raise WeightsNotAvailableError(
+            f"readable prompts need the language model {name!r} ({size}), which could not be loaded: {e}."
+            f"{offline} Download it once with network access (it goes to the Hugging Face cache), give another "
+            f"fluency_model (a local folder works), or turn readability off (fluency 0).") from e

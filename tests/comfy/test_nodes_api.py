@@ -125,6 +125,20 @@ def test_polish_and_stopping_inputs(comfy_server: ComfyServer) -> None:
         assert {e["extra_info"]["input_name"] for e in refused.body["node_errors"]["inv"]["errors"]} == {"polish"}
 
 
+def test_readability_inputs(comfy_server: ComfyServer) -> None:
+    """On the demo model, readability on runs its bundled prior and reports each prompt's perplexity; off reports
+    none; on a CLIP whose prior (GPT-2) is not on this offline machine, the error says how to fix it."""
+    demo = {**invert_graph(steps=20, length=6), "m": model_node("shapes-demo", device="cpu")}
+    on = run_ok(comfy_server, {**demo, "inv": {**demo["inv"], "inputs": {**demo["inv"]["inputs"], "readability": "on",
+                                                                         "fluency": 0.05}}})
+    [perplexity] = on.outputs["inv"]["pez_perplexity"]
+    assert 1 <= perplexity < 1e6
+    off = run_ok(comfy_server, {**demo, "inv": {**demo["inv"], "inputs": {**demo["inv"]["inputs"], "readability": "off"}}})
+    assert "pez_perplexity" not in off.outputs["inv"]
+    error = run_error(comfy_server, invert_graph(readability="on"))
+    assert "readability off" in error["exception_message"] and "gpt2" in error["exception_message"]
+
+
 def test_blocklist_and_negatives(comfy_server: ComfyServer) -> None:
     [prompt] = text_of(run_ok(comfy_server, invert_graph(steps=10, seed=4, length=6)), "inv")
     graph = invert_graph(steps=10, seed=4, length=6, blocklist=", ".join(prompt.split()),

@@ -31,3 +31,13 @@ def test_next_words_are_whole_words_the_model_expects(tiny_prior):
     after_verdict, first = tiny_prior.next_words(["the film was lovely and witty . all in all , it was", ""], 6)
     assert len(after_verdict) == 6 and all(w.isalpha() for w in after_verdict + first)
     assert {"great", "terrible"} & set(after_verdict), after_verdict
+
+
+def test_a_fluency_model_that_cannot_load_names_its_size_and_the_fixes(monkeypatch):
+    from pez_core.lm import prior
+
+    monkeypatch.setitem(prior.FLUENCY_PRESETS, "absent-lm", ("no-such-owner/no-such-model", "a 1 GB download"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(pez_core.WeightsNotAvailableError, match=r"'absent-lm' \(a 1 GB download\).*offline.*"
+                                                                r"readability off"):
+        prior.load_prior("absent-lm", "cpu")

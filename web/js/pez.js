@@ -60,6 +60,12 @@ function asList(value) {
   return Array.isArray(value) ? value : [value];
 }
 
+/** A prompt's perplexity under the fluency prior (lower reads better), or "" without one. */
+function perplexityText(value) {
+  const num = Number(value);
+  return value !== null && value !== undefined && Number.isFinite(num) ? `perplexity ${num.toFixed(1)}` : "";
+}
+
 function formatSimilarity(value) {
   const num = typeof value === "string" ? Number(value) : value;
   return typeof num === "number" && Number.isFinite(num) ? num.toFixed(3) : "n/a";
@@ -204,9 +210,9 @@ function show(node, text, { running = false, warning = false } = {}) {
 
 // result key -> key in a node's `ui` output; a saved result (node.properties) uses the result keys
 const UI_KEYS = { similarity: "pez_similarity", token_count: "pez_token_count", warning: "pez_warning",
-  model_similarities: "pez_model_similarities" };
+  model_similarities: "pez_model_similarities", perplexity: "pez_perplexity" };
 const SAVED_KEYS = { similarity: "similarity", token_count: "token_count", warning: "warning",
-  model_similarities: "model_similarities" };
+  model_similarities: "model_similarities", perplexity: "perplexity" };
 
 /** What is shown and saved of a `ui` output (UI_KEYS) or of a saved result (SAVED_KEYS, with its
  * note), checked; null without text. */
@@ -237,6 +243,8 @@ function metaLines(result) {
     const meta = [];
     if (similarity.length) meta.push(`similarity ${formatSimilarity(similarity[0])}`);
     if (tokens.length) meta.push(`${tokens[0]} tokens`);
+    const readability = perplexityText(result.perplexity?.[0]);
+    if (readability) meta.push(readability);
     if (meta.length) lines.push(meta.join(" · "));
     const perModel = perModelLine(result.model_similarities?.[0]);
     if (perModel) lines.push(perModel);
@@ -262,6 +270,8 @@ function formatResult(result) {
       if (!result.note && i < similarity.length)
         meta.push(`similarity ${formatSimilarity(similarity[i])}`);
       if (!result.note && i < tokens.length) meta.push(`${tokens[i]} tokens`);
+      const readability = result.note ? "" : perplexityText(result.perplexity?.[i]);
+      if (readability) meta.push(readability);
       const perModel = result.note ? "" : perModelLine(result.model_similarities?.[i]);
       if (perModel) meta.push(perModel);
       blocks.push(`${meta.join(" · ")}\n${prompt}`);
