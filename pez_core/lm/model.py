@@ -35,10 +35,15 @@ class LanguageModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def positions(self) -> int | None:
+        """The longest sequence the model reads (None: its config does not say)."""
+        config = self.model.config
+        return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
     def check_length(self, length: int, what: str) -> None:
         """Refuse sequences longer than the model's positions, naming the one at fault."""
-        config = self.model.config
-        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        limit = self.positions
         if limit and length > limit:
             raise PezError(f"{what} is {length} tokens with the template and prompt; {self.name} reads at most "
                            f"{limit}: shorten the text, the template or --prompt-len")

@@ -68,17 +68,19 @@ class LmPrior:
     def next_words(self, prefixes: Sequence[str], count: int) -> list[list[str]]:
         if not prefixes:
             return []
-        encoded = [self.lm.encode(p) for p in prefixes]
-        ids, mask = self._batch(encoded)
+        ids, mask = self._batch([self.lm.encode(p) for p in prefixes], keep="last")
+        lengths = mask.sum(1) - 1
         logits = self.lm.model(input_ids=ids, attention_mask=mask).logits.float()
-        last = logits[torch.arange(len(encoded)), torch.tensor([len(e) for e in encoded])]  # after each prefix
+        last = logits[torch.arange(len(prefixes)), lengths]  # after each prefix
         top = last[:, self.word_ids].topk(min(count, len(self.word_ids)), dim=-1).indices
         return [[self.token_texts[i].strip() for i in self.word_ids[row].tolist()] for row in top]
 
-    def _batch(self, encoded: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The start token, then each sequence, right-padded; and the mask of real tokens."""
+    def _batch(self, encoded: list[list[int]], keep: str = "first") -> tuple[torch.Tensor, torch.Tensor]:
+        """The start token, then each sequence, right-padded; and the mask of real tokens. A sequence longer
+        than the model reads keeps its ``first`` tokens (scoring) or its ``last`` (what comes next)."""
+        room = (self.lm.positions or 1 << 20) - 1  # after the start token
+        encoded = [e if len(e) <= room else (e[:room] if keep == "first" else e[-room:]) for e in encoded]
         start, width = self.lm.start_id, 1 + max(len(e) for e in encoded)
-        self.lm.check_length(width, "a prompt")
         ids = torch.full((len(encoded), width), start, dtype=torch.long)
         mask = torch.zeros((len(encoded), width), dtype=torch.long)
         for row, e in enumerate(encoded):

@@ -41,3 +41,14 @@ def test_a_fluency_model_that_cannot_load_names_its_size_and_the_fixes(monkeypat
     with pytest.raises(pez_core.WeightsNotAvailableError, match=r"'absent-lm' \(a 1 GB download\).*offline.*"
                                                                 r"readability off"):
         prior.load_prior("absent-lm", "cpu")
+
+
+def test_a_prompt_longer_than_the_model_reads_is_scored_on_its_start(tiny_prior):
+    """A distilled prompt may spell to more LM tokens than the prior reads (unknown words go byte by byte)."""
+    limit = tiny_prior.lm.positions
+    long_text = " ".join(["the film was lovely"] * limit)
+    [score] = tiny_prior.log_probs([long_text])
+    [first_part] = tiny_prior.log_probs([tiny_prior.lm.tokenizer.decode(tiny_prior.lm.encode(long_text)[:limit - 1])])
+    assert score == pytest.approx(first_part, abs=0.5) and score > -20
+    [words] = tiny_prior.next_words([long_text], 3)
+    assert len(words) == 3
