@@ -511,8 +511,21 @@ def input_type(spec: list[Any]) -> str:
     return "COMBO" if isinstance(spec[0], list) else spec[0]
 
 
+_SAVED_BEFORE = object()  # no saved value: the widget is newer than the workflow
+
+
+def widget_default(spec: list[Any]) -> Any:
+    """What the graph editor gives a widget that has no saved value: its default (a combo's first option)."""
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in options:
+        return options["default"]
+    choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
+    return choices[0] if choices else None
+
+
 def workflow_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """UI format → API format, as the graph editor's "queue prompt" does it."""
+    """UI format → API format, as the graph editor's "queue prompt" does it. A workflow saved before a node
+    gained widgets has fewer values: the new widgets (always appended last) keep their defaults."""
     links = {link[0]: link for link in workflow["links"]}
     graph: dict[str, dict[str, Any]] = {}
     for node in workflow["nodes"]:
@@ -522,9 +535,11 @@ def workflow_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> di
         inputs: dict[str, Any] = {}
         for name, spec in inputs_in_order(object_info[node["type"]]):
             if is_widget(spec):
-                inputs[name] = next(values)
+                inputs[name] = next(values, _SAVED_BEFORE)
+                if inputs[name] is _SAVED_BEFORE:
+                    inputs[name] = widget_default(spec)
                 for _ in range(widget_values_per_input(spec) - 1):
-                    next(values)
+                    next(values, None)
         for entry in node.get("inputs", []):
             if entry.get("link") is not None:
                 link = links[entry["link"]]
