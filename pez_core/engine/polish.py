@@ -48,7 +48,8 @@ PRUNE_BUDGET = 0.01       # total share of the similarity that pruning may spend
 TEXTS_PER_BATCH = {"cpu": 64, "other": 1024}  # strings per scoring call; a stop is seen between calls
 IMPROVEMENT = 1e-6        # a swap must gain more than this (float noise of a re-encoded string)
 FIRST_ORDER_SCORES_MAX = 1 << 26  # (positions x vocabulary) scores held at once
-PRIOR_PROPOSALS = 8       # the prior's most likely next words tried at each position, beside the gradient's
+PRIOR_PROPOSALS = 8       # words the prior proposes at each position, beside the gradient's tokens: of its
+PRIOR_POOL = 32           # this many likeliest next words, those the gradient ranks highest
 DRAFT_BEAMS = 8           # a fluent draft: the best partial prompts kept per problem while words are added
 
 # report(prompts, similarities) -> True to stop; may raise (a cancel) and the run ends without a result
@@ -286,7 +287,7 @@ class _Polisher:
                          only: int | None = None) -> dict[int, list[tuple[int, int]]]:
         """(position, token) pairs per problem: the allowed tokens of highest first-order gain at each position
         (from ``self.kept``'s on, or at ``only``). One backward per group of prompts of the same length."""
-        scorer, out = self.scorer, {}
+        scorer, out, grads = self.scorer, {}, {}
         keys = scorer.table[scorer.allowed].float()
         by_length: dict[int, list[int]] = {}
         for p in problems:
@@ -298,10 +299,11 @@ class _Polisher:
                 gain, _ = scorer.gains(prompt, torch.tensor(group, device=scorer.device))
                 grad, = torch.autograd.grad(gain.sum(), prompt)
             for p, g, row_ids in zip(group, grad.detach(), ids):
+                grads[p] = g
                 out[p] = [(i, v) for i, v in self.best_moves(g, row_ids, keys, per_position)
                           if (i == only if only is not None else i >= self.kept.get(p, 0))]
         if self.fluency:
-            for p, moves in self.fluency.proposals(self.best, problems, self.kept, only).items():
+            for p, moves in self.fluency.proposals(self.best, problems, self.kept, only, grads).items():
                 out[p] = list(dict.fromkeys(out[p] + moves))
         return out
 
@@ -355,20 +357,22 @@ class _Fluency:
     def gains(self, texts: Sequence[str], gains: list[float]) -> list[float]:
         return [g + self.weight * lp for g, lp in zip(gains, self.prior.log_probs(texts))]
 
-    def proposals(self, best: list[Polished], problems: list[int], kept: dict[int, int],
-                  only: int | None) -> dict[int, list[tuple[int, int]]]:
-        """(position, token) per problem: the prior's likely next words after each prefix, where one allowed
-        token of the scorer spells the word, and it is not the token already there."""
+    def proposals(self, best: list[Polished], problems: list[int], kept: dict[int, int], only: int | None,
+                  grads: dict[int, torch.Tensor]) -> dict[int, list[tuple[int, int]]]:
+        """(position, token) per problem: of the prior's ``PRIOR_POOL`` likeliest next words after each prefix
+        (those one allowed token of the scorer spells, other than the token there), the ``PRIOR_PROPOSALS``
+        of highest first-order gain, so that what reads well is also tried where it may match."""
         where = [(p, i) for p in problems for i in range(len(best[p].token_ids))
                  if (i == only if only is not None else i >= kept.get(p, 0))]
         prefixes = [self.scorer.decode(best[p].token_ids[:i]) for p, i in where]
-        words = self.prior.next_words(prefixes, PRIOR_PROPOSALS) if where else []
+        words = self.prior.next_words(prefixes, PRIOR_POOL) if where else []
         out: dict[int, list[tuple[int, int]]] = {p: [] for p in problems}
         for (p, i), options in zip(where, words):
-            for word in options:
-                ids = self.scorer.tokenize(word)
-                if len(ids) == 1 and ids[0] in self.allowed and ids[0] != best[p].token_ids[i]:
-                    out[p].append((i, ids[0]))
+            tokens = list(dict.fromkeys(ids[0] for ids in map(self.scorer.tokenize, options)
+                                        if len(ids) == 1 and ids[0] in self.allowed and ids[0] != best[p].token_ids[i]))
+            if tokens:
+                first_order = self.scorer.table[torch.tensor(tokens, device=self.scorer.device)].float() @ grads[p][i]
+                out[p] += [(i, tokens[k]) for k in first_order.topk(min(PRIOR_PROPOSALS, len(tokens))).indices.tolist()]
         return out
 
 
