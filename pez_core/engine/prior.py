@@ -12,7 +12,7 @@ import math
 from typing import Protocol, Sequence
 
 FLUENCY_MAX = 10.0  # a weight past this only ranks by the prior: the similarity no longer counts
-READABLE_FLUENCY = 0.03  # the weight "readable" means (benchmarks/README.md, "Readable prompts")
+READABLE_FLUENCY = 0.02  # the weight "readable" means: measured, benchmarks/README.md "Readable prompts"
 
 
 class TextPrior(Protocol):
