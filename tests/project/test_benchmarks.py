@@ -244,3 +244,34 @@ def test_lm_benchmark_script_runs_end_to_end(tmp_path):
                                                               "| PEZ + fluency 1"]
     runs = json.loads((tmp_path / "runs.json").read_text())
     assert len(runs["random prompts"]) == 2 and "not measured" in done.stdout
+
+
+@needs_demo
+def test_readability_benchmark_writes_each_weight_as_it_is_measured(tmp_path):
+    """Two images, a few steps, the bundled tiny-lm standing in for the judge (SmolLM2 needs `make judge`, which
+    CI does not run): the script, its JSON lines and its targets, not the figures."""
+    pytest.importorskip("transformers")
+    results = tmp_path / "readability.jsonl"
+    done = run_script("benchmarks/readability.py", "--images", "2", "--steps", "5", "--weights", "0", "0.03",
+                      "--judge", "tiny-lm", "--results", str(results), "--plot", str(tmp_path / "curve.png"))
+    lines = records(results)
+    assert [r["weight"] for r in lines] == [0, 0.03]
+    for r in lines:
+        assert r["images"] == 2 and r["steps"] == 5 and len(r["prompts"]) == 2
+        assert r["judge"] == "tiny-lm" and r["prior"] == "shapes-caption-lm"
+        assert 0 < r["similarity"] <= 1 and 0 < r["caption_similarity"] <= 1
+        assert 0 <= r["recall"] <= 2 and r["recall_share"] == r["recall"] / 2
+        assert 0 < r["words"] <= 75 and 0 <= r["no_repeat_share"] <= 1
+        assert 1 <= r["judge_ppl_geo"] <= r["judge_ppl_mean"] * (1 + 1e-9)  # geometric mean ≤ arithmetic mean
+        assert r["judge_sentence_ppl_geo"] >= 1 and len(r["judge_ppl"]) == len(r["judge_sentence_ppl"]) == 2
+        assert 1 <= r["prior_ppl_geo"] <= r["prior_ppl_mean"] * (1 + 1e-9)
+        assert 0 <= r["loop_seconds"] <= r["seconds"] and r["seconds_per_prompt"] == pytest.approx(r["seconds"] / 2)
+    assert lines[0]["fluency_model"] is None and lines[1]["fluency_model"] == "shapes-caption-lm"
+    assert "| best plain caption |" in done.stdout and done.stdout.count(" — met") + done.stdout.count("NOT met") == 4
+    assert (tmp_path / "curve.png").stat().st_size < 100_000
+
+
+def test_the_readability_judge_is_never_the_prior(tmp_path):
+    done = run_script("benchmarks/readability.py", "--images", "1", "--steps", "1", "--judge", "shapes-caption-lm",
+                      ok=False)
+    assert done.returncode != 0 and "the judge must not be the prior" in done.stderr
