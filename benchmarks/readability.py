@@ -55,7 +55,6 @@ from pez_core.clip.presets import FLUENCY_MODEL_OF  # noqa: E402
 from pez_core.demo import shapes  # noqa: E402
 from pez_core.demo.grading import match_single  # noqa: E402
 from pez_core.lm.model import LanguageModel, load_lm  # noqa: E402
-from pez_core.lm import prior as lm_prior  # noqa: E402
 from pez_core.lm.prior import LmPrior, load_prior  # noqa: E402
 
 try:
@@ -290,10 +289,6 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    # LmPrior.log_probs clears its cache when a call's new strings would overflow it, and then looks up strings
-    # that were cached before the call: KeyError (30 images polished at fluency 0.01 scored more than 65,536
-    # strings). A cache that never fills sidesteps it; it changes no score, only how often one is computed.
-    lm_prior.CACHE_SIZE = max(lm_prior.CACHE_SIZE, 1 << 22)
     began = time.perf_counter()
 
     prior_name = FLUENCY_MODEL_OF.get(args.model, pez_core.DEFAULT_FLUENCY_MODEL)  # what fluency > 0 reads with

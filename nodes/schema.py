@@ -131,9 +131,9 @@ def readability_inputs() -> list[io.Input]:
             "Prompts that read like text: a language model judges every candidate of polishing and proposes "
             "likely next words. on: with shapes-demo the bundled caption model (offline, under 2 MB); with "
             f"other CLIPs {pez_core.DEFAULT_FLUENCY_MODEL} (124M parameters, downloads 0.55 GB once). It trades "
-            "some similarity for readability and costs time: on the demo model, 0.72 instead of 0.77 and about "
-            "30 % more time per prompt (the pack's README, 'Readable prompts'). auto: on where measured to pay "
-            "(the demo model), off elsewhere.")),
+            "some similarity for readability and costs time: on the demo model, 0.72 instead of 0.77 and 1.1x "
+            "to 1.3x the time per prompt (the pack's README, 'Readable prompts'). auto: on where measured to "
+            "pay (the demo model), off elsewhere.")),
         io.Float.Input("fluency", default=0.0, min=0.0, max=pez_core.FLUENCY_MAX, step=0.05, round=0.001,
                        optional=True, tooltip=(
             f"Advanced: how much readability counts when it is on. 0 = the measured default "

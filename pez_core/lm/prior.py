@@ -45,13 +45,15 @@ class LmPrior:
                                       if _WORD.fullmatch(t) and i not in specials], device=lm.device)
 
     def log_probs(self, texts: Sequence[str]) -> list[float]:
-        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        known = {t: self.cache[t] for t in texts if t in self.cache}
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
         for start in range(0, len(missing), TEXTS_PER_CALL):
             chunk = missing[start:start + TEXTS_PER_CALL]
-            if len(self.cache) + len(chunk) > CACHE_SIZE:
-                self.cache.clear()
-            self.cache.update(zip(chunk, self._mean_log_probs(chunk)))
-        return [self.cache[t] for t in texts]
+            known.update(zip(chunk, self._mean_log_probs(chunk)))
+        if len(self.cache) + len(missing) > CACHE_SIZE:  # full: start again rather than grow without bound
+            self.cache.clear()
+        self.cache.update((t, known[t]) for t in missing[:CACHE_SIZE])
+        return [known[t] for t in texts]
 
     @torch.no_grad()
     def _mean_log_probs(self, texts: list[str]) -> list[float]:

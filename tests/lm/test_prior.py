@@ -52,3 +52,13 @@ def test_a_prompt_longer_than_the_model_reads_is_scored_on_its_start(tiny_prior)
     assert score == pytest.approx(first_part, abs=0.5) and score > -20
     [words] = tiny_prior.next_words([long_text], 3)
     assert len(words) == 3
+
+
+def test_scores_outlive_a_full_cache(tiny_prior, monkeypatch):
+    from pez_core.lm import prior
+
+    monkeypatch.setattr(prior, "CACHE_SIZE", 3)
+    tiny_prior.cache.clear()
+    first = tiny_prior.log_probs(["the film", "a show"])
+    both = tiny_prior.log_probs(["the film", "a show", "what a dull show", "it was late .", "we had tea after ."])
+    assert both[:2] == first and len(tiny_prior.cache) <= 3
