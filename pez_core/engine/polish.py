@@ -158,7 +158,8 @@ class _Polisher:
             if not where or self.should_stop():
                 return
             texts, owner = [], []
-            for (p, prefix), words in zip(where, self.fluency.prior.next_words([w for _, w in where], PRIOR_PROPOSALS)):
+            prefixes = [prefix for _, prefix in where]
+            for (p, prefix), words in zip(where, self.fluency.prior.next_words(prefixes, PRIOR_PROPOSALS)):
                 for word in words:
                     text = f"{prefix} {word}".strip()
                     if 0 < len(self.scorer.tokenize(text)) <= self.longest[p]:

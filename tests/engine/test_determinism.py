@@ -20,6 +20,7 @@ import pytest
 
 from comfy_harness import ComfyServer
 from helpers import TINY_MODEL, write_tiny_checkpoint
+from paths import REPO_ROOT
 
 TEXT = "a small green square on a white background"
 LOAD_SECONDS = 300  # a load process ends by itself after this, whatever happens to the test
@@ -97,6 +98,15 @@ def test_cli_gives_the_same_prompt_quiet_and_busy(tiny_model: Path) -> None:
                "--steps", "40", "--prompt-len", "16", "--seed", "3", "--json"]
     quiet, busy = quiet_then_busy(command)
     assert json.loads(busy)["prompt"] and json.loads(busy) | {"seconds": 0} == json.loads(quiet) | {"seconds": 0}
+
+
+def test_a_readable_prompt_is_the_same_quiet_and_busy() -> None:
+    """The demo model with its fluency prior on (auto): the prior's scores, proposals and draft depend on no clock."""
+    command = [sys.executable, "-m", "pez_core", "invert", str(REPO_ROOT / "assets" / "pez-demo-shape.png"),
+               "--model", "shapes-demo", "--device", "cpu", "--steps", "40", "--seed", "3", "--json"]
+    quiet, busy = quiet_then_busy(command)
+    assert json.loads(quiet)["fluency_model"] == "shapes-caption-lm" and json.loads(quiet)["perplexity"] > 0
+    assert json.loads(busy) | {"seconds": 0} == json.loads(quiet) | {"seconds": 0}
 
 
 def test_comfyui_gives_the_same_prompt_quiet_and_busy(comfy_server: ComfyServer) -> None:
