@@ -163,6 +163,9 @@ class JointScorer(Scorer):
         (ViT-L-14 + ViT-bigG-14: 12·768 + 32·1280 = 50,176 width-layers a position, 5.4x ViT-L-14 alone)."""
         return sum(s.bytes_per_prompt(prompt_len) for s in self.scorers)
 
+    def problem_keys(self) -> list[bytes]:
+        return [b"".join(keys) for keys in zip(*(s.problem_keys() for s in self.scorers))]
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.scorers[0].decode(ids)
 

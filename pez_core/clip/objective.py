@@ -101,6 +101,11 @@ class ClipScorer(Scorer):
         model = self.model
         return activation_bytes(prompt_len + 2, model.text_width, model.text_layers, model.dtype.itemsize)
 
+    def problem_keys(self) -> list[bytes]:
+        """Each problem's target features and weights, as bytes."""
+        features, weights = self.objective.features.float().cpu(), self.objective.weights.float().cpu()
+        return [features[p].numpy().tobytes() + weights[p].numpy().tobytes() for p in range(self.problems)]
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.model.decode(ids)
 

@@ -55,10 +55,14 @@ def _negatives(model: PezModel, images, texts, weight: float) -> list[tuple[torc
     return [(f, -weight / len(feats)) for f in feats]
 
 
-def _image_features(model: PezModel, images) -> torch.Tensor:
+def _image_features(model: PezModel, images, one_by_one: bool = False) -> torch.Tensor:
+    """Unit features (N, D); ``one_by_one``: each image through the tower alone, so that its feature's last
+    bits never depend on the images beside it (a batch-invariant run)."""
     images = split_batch(images)
     if not images:
         raise PezError("no images were given; connect at least one image")
+    if one_by_one:
+        return torch.cat([model.encode_images([image]) for image in images])
     return model.encode_images(images)
 
 
@@ -96,14 +100,17 @@ def _optimize(model: joint.AnyModel, targets_of: Callable[[PezModel], Targets], 
 def invert(model: joint.AnyModel, images, config: PezConfig | None = None, *, negative_images=None,
            negative_texts: str | Sequence[str] | None = None, negative_weight: float = DEFAULT_NEGATIVE_WEIGHT,
            callback: Callback | None = None) -> list[PezResult]:
-    """One prompt per image; all images are optimised together in one batch.
+    """One prompt per image; all images are optimised together in one batch. With
+    ``config.batch_invariant`` an image's prompt depends only on its pixels, the settings, the model and the
+    seed, not on the images beside it.
 
     Negative images and texts push every prompt away: the gain is the cosine to its image minus
     ``negative_weight`` times the mean cosine to the negatives (the weight means the same for any number)."""
     check_negative_weight(negative_weight)
+    one_by_one = config is not None and config.batch_invariant
 
     def targets(m: PezModel) -> Targets:
-        feats = _image_features(m, images)
+        feats = _image_features(m, images, one_by_one)
         negatives = _negatives(m, negative_images, negative_texts, negative_weight)
         return [[(feat, 1.0), *negatives] for feat in feats]
     return _optimize(model, targets, config, callback)

@@ -50,6 +50,9 @@ class PezConfig:
     fluency: float | None = None    # weight of the language prior in the final choice and polishing; 0: none;
                                     # None: the model's default (READABLE_FLUENCY where it is measured to pay)
     fluency_model: str | None = None        # the prior's causal LM (name or path); None: the model's default
+    batch_invariant: bool = False   # each problem's prompt depends only on its own targets, the settings and the
+                                    # seed, never on the other problems of its run (pez_core.engine.loop, "Batch
+                                    # invariance"); a dataset job needs it, and it costs a little speed
 
     def validate(self, limit: "PromptLimit | None" = None) -> None:
         """Refuse settings no run can use, naming the fix. ``limit`` (a scorer or its class) says how long a
@@ -83,6 +86,8 @@ class PezConfig:
             raise PezError(f"target similarity must be a number above -1 and at most 1, got {self.target_similarity!r}")
         if self.fluency is not None and not (isinstance(self.fluency, (int, float)) and 0 <= self.fluency <= FLUENCY_MAX):
             raise PezError(f"fluency must be a number from 0 (off) to {FLUENCY_MAX:g}, got {self.fluency!r}")
+        if not isinstance(self.batch_invariant, bool):
+            raise PezError(f"batch_invariant must be True or False, got {self.batch_invariant!r}")
         if self.fluency_model is not None and not (isinstance(self.fluency_model, str) and self.fluency_model.strip()):
             raise PezError(f"fluency model must be a language model's name or path, got {self.fluency_model!r}")
 

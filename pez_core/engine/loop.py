@@ -8,13 +8,21 @@ Each step of Algorithm 1, as ``Run.step`` does it::
     best = the best hard prompt seen so far
 
 Restarts and several problems (e.g. one per image) run as one batch; the host is only consulted
-every ``sync_every`` steps. What is scored is the scorer's business (``pez_core.clip.objective.ClipScorer``
+every ``sync_every`` steps.
+
+Batch invariance (``PezConfig.batch_invariant``): a problem's prompt then depends only on its own targets,
+the settings and the seed, not on which problems share its run. Its random start comes from the seed and a
+hash of its targets (``Scorer.problem_keys``); every text-tower call in the loop holds exactly
+``INVARIANT_LANES`` problems (a short batch is padded), since a row's last float bits can depend on how many
+rows its matrix product has, never on what the other rows hold; the strings are chosen, polished and judged
+one problem at a time, with a prior whose cache is the problem's own. What is scored is the scorer's business (``pez_core.clip.objective.ClipScorer``
 for a CLIP); the search — projection, straight-through step, restarts, best tracking, stopping — is
 this module's, for every scorer.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -40,6 +48,7 @@ MEMORY_SHARE = 0.9               # of the free memory a run may plan to use
 # ``strings_per_step_prompt``): work, not time, so a result never depends on how busy the machine is
 # (measured: benchmarks/README.md, "Kicks bounded by work")
 KICK_WORK_SHARE = 1.0
+INVARIANT_LANES = {"cpu": 8, "other": 32}  # problems per text-tower call in a batch-invariant run
 
 
 def search(scorer: Scorer, config: PezConfig | None = None, callback: Callback | None = None,
@@ -93,6 +102,11 @@ def check_memory(scorer: Scorer, config: PezConfig) -> None:
                    + " (or free memory)")
 
 
+def problem_seed(seed: int, key: bytes) -> int:
+    """The seed of one problem of a batch-invariant run: ``seed`` mixed with the problem's own key."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8, key=seed.to_bytes(8, "little")).digest(), "little")
+
+
 def random_indices(seed: int, high: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Uniform indices below ``high`` from ``seed``. numpy's PCG64 takes all 64 bits of the seed; torch's CPU
     generator keeps 32, so seeds s and s + 2**32 would start alike."""
@@ -118,7 +132,11 @@ class Run:
 
         batch = self.problems * self.restarts
         self.problem_of_row = torch.arange(self.problems, device=self.device).repeat_interleave(self.restarts)
-        start = self.allowed.cpu()[random_indices(config.seed, len(self.allowed), (batch, config.prompt_len))]
+        self.invariant = config.batch_invariant
+        self.scoped_priors: dict[int, TextPrior] = {}
+        lanes = INVARIANT_LANES["cpu" if self.device.type == "cpu" else "other"]
+        self.lane_rows = lanes * self.restarts if self.invariant else None  # rows of every text-tower call
+        start = self.allowed.cpu()[self._random_start(config, batch)]
         self.soft_prompt = scorer.table[start.to(self.device)].float().clone().requires_grad_(True)
         self.soft_prompt.grad = torch.zeros_like(self.soft_prompt)
         # the learning rate is a tensor updated in place, so a schedule runs inside a CUDA graph too
@@ -129,7 +147,14 @@ class Run:
         self.best_gain = torch.full((batch,), -math.inf, device=self.device)
         self.best_similarity = torch.zeros(batch, device=self.device)
         self.best_ids = start.to(self.device)
-        self.batches = self._batches(config.max_batch or scorer.prompts_that_fit(config.prompt_len))
+        self.batches = self._batches(self.lane_rows or config.max_batch or scorer.prompts_that_fit(config.prompt_len))
+
+    def _random_start(self, config: PezConfig, rows: int) -> torch.Tensor:
+        """Indices into ``allowed``, (rows, L): from the seed, or per problem from the seed and its key."""
+        if not self.invariant:
+            return random_indices(config.seed, len(self.allowed), (rows, config.prompt_len))
+        return torch.cat([random_indices(problem_seed(config.seed, key), len(self.allowed),
+                                         (self.restarts, config.prompt_len)) for key in self.scorer.problem_keys()])
 
     def _batches(self, max_prompts: int) -> list[slice]:
         """Rows of whole problems (all their restarts), at most ``max_prompts`` prompts where possible.
@@ -150,7 +175,10 @@ class Run:
         queries = self.scorer.projection_queries(soft).flatten(0, -2)
         # row chunks bound the (rows × vocabulary) score matrix: many images × restarts × tokens stay in memory
         rows = max(1, PROJECTION_SCORES_MAX // len(self.allowed))
-        nearest = torch.cat([(chunk @ self.projection_keys.T).argmax(dim=-1) for chunk in queries.split(rows)])
+        if self.lane_rows:  # chunks of one size, whatever the number of problems
+            rows = min(rows, self.lane_rows * soft.shape[-2])
+        nearest = torch.cat([(chunk @ self.projection_keys.T).argmax(dim=-1)[:len(real)]
+                             for real, chunk in _chunks(queries, rows, pad=bool(self.lane_rows))])
         return self.allowed[nearest].view(soft.shape[:-1])
 
     def step(self) -> None:
@@ -159,11 +187,22 @@ class Run:
         self.soft_prompt.grad.zero_()
         for rows in self.batches:
             prompt = straight_through(self.soft_prompt[rows], self.scorer.table[ids[rows]].float())
-            gain, similarity = self.scorer.gains(prompt, self.problem_of_row[rows])
+            gain, similarity = self._gains(prompt, self.problem_of_row[rows])
             (-gain).sum().backward()
             self._keep_best(rows, gain.detach(), similarity.detach(), ids[rows])
         self.optimizer.step()
         self._schedule_lr()
+
+    def _gains(self, prompt: torch.Tensor, problems: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scorer's gains; a batch-invariant run pads a short batch to ``lane_rows`` with copies of its
+        first row, which carry no gradient and whose gains are dropped."""
+        real = len(problems)
+        if not self.lane_rows or real == self.lane_rows:
+            return self.scorer.gains(prompt, problems)
+        pad = self.lane_rows - real
+        gain, similarity = self.scorer.gains(torch.cat([prompt, prompt[:1].detach().expand(pad, -1, -1)]),
+                                             torch.cat([problems, problems[:1].expand(pad)]))
+        return gain[:real], similarity[:real]
 
     @torch.no_grad()
     def _keep_best(self, rows: slice, gain: torch.Tensor, similarity: torch.Tensor, ids: torch.Tensor) -> None:
@@ -197,25 +236,45 @@ class Run:
         """Each result with its perplexity under the prior (as it is when there is none)."""
         if self.prior is None:
             return results
-        log_probs = self.prior.log_probs([r.prompt for r in results])
+        log_probs = [lp for problems in self._problem_groups()
+                     for lp in self.prior_of(problems[0]).log_probs([results[p].prompt for p in problems])]
         return [dataclasses.replace(r, perplexity=perplexity(lp), fluency_model=self.prior.name)
                 for r, lp in zip(results, log_probs)]
 
     def polished(self, results: list[PezResult], watch: Watch, started: float) -> list[PezResult]:
-        """The polishing stage (``pez_core.polish``) on each problem's best string, within the time budget."""
-        loop_prompts = results[0].steps * self.problems * self.restarts
-        work = KICK_WORK_SHARE * loop_prompts * self.scorer.strings_per_step_prompt
-        kick_budget = None if watch.deadline is not None else int(work)
-        found = polish_prompts(self.scorer, [r.prompt for r in results], self.config.polish,
-                               deadline=watch.deadline, target_similarity=self.config.target_similarity,
-                               report=watch.polishing, kick_budget=kick_budget, prior=self.prior,
-                               fluency=self.config.fluency or 0.0)
+        """The polishing stage (``pez_core.polish``) on each problem's best string, within the time budget:
+        all problems together, or one at a time in a batch-invariant run."""
+        loop_prompts = results[0].steps * self.restarts  # per problem
+        found = []
+        for problems in self._problem_groups():
+            def report(prompts: list[str], similarities: list[float], first: int = problems[0]) -> "bool | None":
+                rest = results[first + len(prompts):]  # not polished yet
+                return watch.polishing([f.prompt for f in found] + prompts + [r.prompt for r in rest],
+                                       [f.similarity for f in found] + similarities + [r.similarity for r in rest])
+            work = KICK_WORK_SHARE * loop_prompts * len(problems) * self.scorer.strings_per_step_prompt
+            scorer = self.scorer if len(problems) == self.problems else _OneProblem(self.scorer, problems[0])
+            found += polish_prompts(scorer, [results[p].prompt for p in problems], self.config.polish,
+                                    deadline=watch.deadline, target_similarity=self.config.target_similarity,
+                                    report=report, kick_budget=None if watch.deadline is not None else int(work),
+                                    prior=self.prior_of(problems[0]), fluency=self.config.fluency or 0.0)
         seconds = time.perf_counter() - started
         return [dataclasses.replace(r, prompt=f.prompt, token_ids=f.token_ids,
                                     similarity=clamp_similarity(f.similarity), seconds=seconds,
                                     polished=f.prompt != r.prompt, unpolished_prompt=r.prompt,
                                     unpolished_similarity=r.similarity)
                 for r, f in zip(results, found)]
+
+    def _problem_groups(self) -> list[list[int]]:
+        """Problems whose strings are scored together: all of them, or each alone in a batch-invariant run."""
+        return [[p] for p in range(self.problems)] if self.invariant else [list(range(self.problems))]
+
+    def prior_of(self, problem: int) -> TextPrior | None:
+        """The prior for a problem's strings: the run's, or in a batch-invariant run one of the problem's own."""
+        if not self.invariant or self.prior is None:
+            return self.prior
+        if problem not in self.scoped_priors:
+            self.scoped_priors[problem] = self.prior.scoped()
+        return self.scoped_priors[problem]
 
     def best_per_problem(self) -> tuple[list[float], list[float], list[list[int]]]:
         """(gain, similarity, ids) of each problem's best restart so far; the host syncs here."""
@@ -238,11 +297,13 @@ class Run:
             raise PezError("every prompt found decodes to whitespace; use the 'words' or 'ascii' vocabulary")
         gain = torch.full((P * R,), -math.inf)
         similarity = torch.zeros(P * R)
-        rows = torch.tensor([i for i, ok in enumerate(readable) if ok])
-        scored = self.scorer.score_texts([texts[i] for i in rows.tolist()], self.problem_of_row[rows.to(self.device)])
-        gain[rows], similarity[rows] = scored[0].float().cpu(), scored[1].float().cpu()
-        if self.prior is not None and self.config.fluency:  # the restart that reads best, other things equal
-            gain[rows] += self.config.fluency * torch.tensor(self.prior.log_probs([texts[i] for i in rows.tolist()]))
+        for problems in self._problem_groups():
+            rows = [i for p in problems for i in range(p * R, (p + 1) * R) if readable[i]]
+            some = [texts[i] for i in rows]
+            scored = self.scorer.score_texts(some, self.problem_of_row[torch.tensor(rows, device=self.device)])
+            gain[rows], similarity[rows] = scored[0].float().cpu(), scored[1].float().cpu()
+            if self.prior is not None and self.config.fluency:  # the restart that reads best, other things equal
+                gain[rows] += self.config.fluency * torch.tensor(self.prior_of(problems[0]).log_probs(some))
         results = []
         for p in range(P):
             best = p * R + int(gain[p * R:(p + 1) * R].argmax())
@@ -252,3 +313,42 @@ class Run:
             results.append(PezResult(texts[best], clamp_similarity(float(similarity[best])), token_ids, steps,
                                      seconds, stopped))
         return results
+
+
+def _chunks(rows: torch.Tensor, size: int, pad: bool):
+    """(real rows, chunk) of at most ``size`` rows; with ``pad`` every chunk has ``size`` rows, the last one
+    filled up with copies of its first row."""
+    for real in rows.split(size):
+        yield real, (torch.cat([real, real[:1].expand(size - len(real), *real.shape[1:])])
+                     if pad and len(real) < size else real)
+
+
+class _OneProblem(Scorer):
+    """One problem of a scorer as a scorer of its own (problem 0 is ``problem`` of ``scorer``)."""
+
+    def __init__(self, scorer: Scorer, problem: int):
+        self.scorer, self.problem, self.problems = scorer, problem, 1
+        self.device, self.allowed, self.table = scorer.device, scorer.allowed, scorer.table
+        self.strings_per_step_prompt = scorer.strings_per_step_prompt
+        self.max_prompt_len, self.prompt_len_note = scorer.max_prompt_len, scorer.prompt_len_note
+
+    def gains(self, prompts: torch.Tensor, problems: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scorer.gains(prompts, torch.full_like(problems, self.problem))
+
+    def score_texts(self, texts, problems: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scorer.score_texts(texts, torch.full_like(problems, self.problem))
+
+    def bytes_per_prompt(self, prompt_len: int) -> int:
+        return self.scorer.bytes_per_prompt(prompt_len)
+
+    def decode(self, ids) -> str:
+        return self.scorer.decode(ids)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.scorer.tokenize(text)
+
+    def projection_keys(self) -> torch.Tensor:
+        return self.scorer.projection_keys()
+
+    def projection_queries(self, soft: torch.Tensor) -> torch.Tensor:
+        return self.scorer.projection_queries(soft)

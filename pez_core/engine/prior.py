@@ -26,6 +26,11 @@ class TextPrior(Protocol):
         """Up to ``count`` most likely next whole words after each prefix ("" : the first word)."""
         ...
 
+    def scoped(self) -> "TextPrior":
+        """The same prior with a cache of its own, empty: what it returns then depends only on what it is
+        asked from now on (a score's last bits can depend on the strings it was computed beside)."""
+        ...
+
 
 def perplexity(log_prob: float) -> float:
     """Per-token perplexity of a mean log-probability."""

@@ -64,6 +64,10 @@ class Scorer:
         """Memory one prompt's forward and backward keep in a step."""
         raise NotImplementedError
 
+    def problem_keys(self) -> list[bytes]:
+        """What each problem is (e.g. its targets' bytes): a batch-invariant run seeds each problem from it."""
+        raise NotImplementedError(f"{type(self).__name__} does not support batch-invariant runs")
+
     def prompts_that_fit(self, prompt_len: int) -> int:
         """How many prompts one step can push through the model at once in half the free memory."""
         return max(1, devices.free_memory(self.device) // 2 // max(1, self.bytes_per_prompt(prompt_len)))

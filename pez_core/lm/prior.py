@@ -7,6 +7,7 @@ preferred for being short.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -43,6 +44,11 @@ class LmPrior:
         specials = set(lm.tokenizer.all_special_ids)
         self.word_ids = torch.tensor([i for i, t in enumerate(self.token_texts)
                                       if _WORD.fullmatch(t) and i not in specials], device=lm.device)
+
+    def scoped(self) -> "LmPrior":
+        scoped = copy.copy(self)
+        scoped.cache = {}
+        return scoped
 
     def log_probs(self, texts: Sequence[str]) -> list[float]:
         known = {t: self.cache[t] for t in texts if t in self.cache}
