@@ -32,7 +32,7 @@ _HOMES = {
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 
-_LAYERS = ("cli", "clip", "common", "demo", "engine", "lm")
+_LAYERS = ("cli", "clip", "common", "dataset", "demo", "engine", "lm")
 
 
 def __getattr__(name: str):

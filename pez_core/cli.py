@@ -1,4 +1,4 @@
-"""Command line: ``python -m pez_core invert|style|distill|score|models|lm``.
+"""Command line: ``python -m pez_core invert|style|distill|caption|score|models|lm``.
 
 With ``--json`` stdout carries one JSON object per result, in input order; progress goes to stderr.
 """
@@ -116,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, helptext in (("invert", "one prompt per image"), ("style", "one prompt shared by all images")):
         sub = commands.add_parser(name, parents=[common, optim], help=helptext)
         sub.add_argument("images", nargs="+", type=Path)
+    _caption_arguments(commands.add_parser("caption", parents=[common, optim], help=(
+        "caption image folders: one <image>.txt per image, resumable, on one machine or a Ray cluster")))
     sub = commands.add_parser("distill", parents=[common, optim], help="a shorter prompt for a text")
     sub.add_argument("text")
     sub.add_argument("--ratio", type=float, help="prompt length as a share of the text's tokens (overrides --prompt-len)")
@@ -178,7 +180,17 @@ def _load_models(args: argparse.Namespace):
     return models[0] if len(models) == 1 and weights is None else combine(models, weights)
 
 
+def _config(args: argparse.Namespace) -> PezConfig:
+    return PezConfig(prompt_len=args.prompt_len, steps=args.steps, restarts=args.restarts, seed=args.seed,
+                     lr=args.lr, weight_decay=args.weight_decay, vocab=args.vocab, blocklist=args.blocklist,
+                     allowlist=args.allowlist, lr_schedule=args.lr_schedule, patience=args.patience,
+                     polish=args.polish, time_budget=args.time_budget, target_similarity=args.target_similarity,
+                     fluency=args.fluency, fluency_model=args.fluency_model)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
+    if args.command == "caption":
+        return [_run_caption(args)]
     model = _load_models(args)
     if args.command == "score":
         images = _open_images(args.images)
@@ -186,11 +198,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         return [{"text": t, "image": str(p), "similarity": float(sims[i, j]),
                  "similarities": [float(s[i, j]) for s in each]}
                 for i, t in enumerate(args.text) for j, p in enumerate(args.images)]
-    config = PezConfig(prompt_len=args.prompt_len, steps=args.steps, restarts=args.restarts, seed=args.seed,
-                       lr=args.lr, weight_decay=args.weight_decay, vocab=args.vocab, blocklist=args.blocklist,
-                       allowlist=args.allowlist, lr_schedule=args.lr_schedule, patience=args.patience,
-                       polish=args.polish, time_budget=args.time_budget, target_similarity=args.target_similarity,
-                       fluency=args.fluency, fluency_model=args.fluency_model)
+    config = _config(args)
     negatives = dict(negative_images=_open_images(args.negative_image) or None, negative_texts=args.negative_text,
                      negative_weight=args.negative_weight)
     bar = _ProgressBar(args.steps)
@@ -232,11 +240,93 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         if args.json:
             sys.stdout.write(json.dumps(row) + "\n")
+        elif args.command == "caption":
+            sys.stdout.write(f"{row['summary']}\n")
         elif "prompt" in row:
             sys.stdout.write(f"{row['prompt']}\t(similarity {row['similarity']:.3f})\n")
         else:
             sys.stdout.write(f"{row['similarity']:.4f}\t{row['image']}\t{row['text']}\n")
     return 0
+
+
+# ---- ``caption``: a dataset's images, one sidecar caption each (pez_core.dataset) ----
+def _caption_arguments(sub) -> None:
+    from .dataset import DEFAULT_BATCH, EXISTING_MODES
+    sub.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image folders or image files")
+    sub.add_argument("--recursive", action="store_true", help="also caption images in subfolders")
+    sub.add_argument("--ext", default=".txt", help="caption file extension (default %(default)s)")
+    sub.add_argument("--out", type=Path, help="write captions here, at each image's relative place "
+                     "(default: beside each image)")
+    sub.add_argument("--manifest", type=Path, metavar="FILE.jsonl", help=(
+        "append a JSON line per image captioned or failed: image, caption file, prompt, similarity, error"))
+    sub.add_argument("--existing", default="skip", choices=EXISTING_MODES, help=(
+        "an image that already has a caption: skip it (so a rerun resumes), overwrite it, or append the new "
+        "caption after a comma; overwrite and append resume from --manifest (default %(default)s)"))
+    sub.add_argument("--prefix", default="", help="text before every caption, e.g. a LoRA trigger word "
+                     "(joined with ', ')")
+    sub.add_argument("--suffix", default="", help="text after every caption (joined with ', ')")
+    sub.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=(
+        "images learned together (default %(default)s); the captions are the same for every batch size"))
+    sub.add_argument("--input-format", default="files", choices=("files", "webdataset"), help=(
+        "files: image folders; webdataset: .tar shards (each written to --out with a .txt per sample)"))
+    sub.add_argument("--ray", action="store_true", help="run on a local Ray instance (pip install "
+                     "\"pez-hard-prompts[ray]\")")
+    sub.add_argument("--ray-address", metavar="ADDRESS", help="run on this Ray cluster ('auto': the one this "
+                     "machine joined with `ray start`)")
+    sub.add_argument("--workers", type=int, help="Ray actors, each with its own model (default: one per GPU, "
+                     "else one per CPU)")
+
+
+def _caption_options(args: argparse.Namespace):
+    from .dataset import CaptionOptions
+    return CaptionOptions(ext=args.ext, out=args.out, manifest=args.manifest, existing=args.existing,
+                          prefix=args.prefix, suffix=args.suffix, batch_size=args.batch_size, recursive=args.recursive)
+
+
+def _run_caption(args: argparse.Namespace) -> dict:
+    """The ``caption`` job, on this machine or on Ray; its summary as a row."""
+    from .dataset import caption_images
+    config, options = _config(args), _caption_options(args)
+    options.validate()
+    config.validate()
+    if config.time_budget or config.target_similarity is not None or config.patience is not None:
+        log.warning("--time-budget, --target-similarity and --patience stop a batch as a whole: a caption then "
+                    "depends on the images beside it")
+    if args.ray or args.ray_address:
+        from .dataset.distributed import caption_on_ray
+        summary = caption_on_ray(args, config, options)
+    elif args.input_format == "webdataset":
+        from .dataset.shards import caption_shards
+        summary = caption_shards(_load_models(args), args.paths, config, options, progress=_CaptionBar())
+    else:
+        bar = _CaptionBar()
+        try:
+            summary = caption_images(_load_models(args), args.paths, config, options, progress=bar)
+        finally:
+            bar.close()
+    row = {"summary": str(summary), **{k: v for k, v in vars(summary).items() if k != "manifest"}}
+    return {**row, "manifest": str(summary.manifest) if summary.manifest else None}
+
+
+class _CaptionBar:
+    """tqdm over images on stderr: done and remaining, images per minute, the ETA and the last caption."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, progress) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=progress.total, file=sys.stderr, unit="img", dynamic_ncols=True)
+        self.bar.update(progress.done - self.bar.n)
+        eta = "" if progress.eta_seconds is None else f" · ETA {progress.eta_seconds / 60:.1f} min"
+        self.bar.set_postfix_str(f"{progress.images_per_minute:.1f} img/min{eta} · failed {progress.failed} · "
+                                 f"{progress.prompt[:50]}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 # ---- ``lm``: a prompt that makes a causal language model classify text (pez_core.lm) ----
