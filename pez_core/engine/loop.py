@@ -8,16 +8,16 @@ Each step of Algorithm 1, as ``Run.step`` does it::
     best = the best hard prompt seen so far
 
 Restarts and several problems (e.g. one per image) run as one batch; the host is only consulted
-every ``sync_every`` steps.
+every ``sync_every`` steps. What is scored is the scorer's business (``pez_core.clip.objective.ClipScorer``
+for a CLIP); the search — projection, straight-through step, restarts, best tracking, stopping — is
+this module's, for every scorer.
 
 Batch invariance (``PezConfig.batch_invariant``): a problem's prompt then depends only on its own targets,
 the settings and the seed, not on which problems share its run. Its random start comes from the seed and a
 hash of its targets (``Scorer.problem_keys``); every text-tower call in the loop holds exactly
 ``INVARIANT_LANES`` problems (a short batch is padded), since a row's last float bits can depend on how many
 rows its matrix product has, never on what the other rows hold; the strings are chosen, polished and judged
-one problem at a time, with a prior whose cache is the problem's own. What is scored is the scorer's business (``pez_core.clip.objective.ClipScorer``
-for a CLIP); the search — projection, straight-through step, restarts, best tracking, stopping — is
-this module's, for every scorer.
+one problem at a time, with a prior whose cache is the problem's own.
 """
 from __future__ import annotations
 
