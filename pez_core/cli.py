@@ -5,6 +5,7 @@ With ``--json`` stdout carries one JSON object per result, in input order; progr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -292,18 +293,21 @@ def _run_caption(args: argparse.Namespace) -> dict:
     if config.time_budget or config.target_similarity is not None or config.patience is not None:
         log.warning("--time-budget, --target-similarity and --patience stop a batch as a whole: a caption then "
                     "depends on the images beside it")
-    if args.ray or args.ray_address:
-        from .dataset.distributed import caption_on_ray
-        summary = caption_on_ray(args, config, options)
-    elif args.input_format == "webdataset":
-        from .dataset.shards import caption_shards
-        summary = caption_shards(_load_models(args), args.paths, config, options, progress=_CaptionBar())
-    else:
-        bar = _CaptionBar()
-        try:
+    bar = _CaptionBar()
+    try:
+        if args.ray or args.ray_address:
+            from .dataset.distributed import caption_on_ray
+            summary = caption_on_ray(functools.partial(_load_models, args), args.paths, config, options,
+                                     address=args.ray_address, workers=args.workers, threads=args.threads,
+                                     webdataset=args.input_format == "webdataset", gpu=args.device != "cpu",
+                                     progress=bar)
+        elif args.input_format == "webdataset":
+            from .dataset.shards import caption_shards
+            summary = caption_shards(_load_models(args), args.paths, config, options, progress=bar)
+        else:
             summary = caption_images(_load_models(args), args.paths, config, options, progress=bar)
-        finally:
-            bar.close()
+    finally:
+        bar.close()
     row = {"summary": str(summary), **{k: v for k, v in vars(summary).items() if k != "manifest"}}
     return {**row, "manifest": str(summary.manifest) if summary.manifest else None}
 
