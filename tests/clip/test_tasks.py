@@ -32,6 +32,25 @@ def test_invert_batch_one_prompt_per_image_and_style(model):
     assert shared.similarity == pytest.approx(float(pez_core.score(model, shared.prompt, batch).mean()), abs=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_batch_invariant_prompt_does_not_depend_on_the_images_beside_it(model, threads):
+    """Its start comes from its own pixels, and every model call has one shape, so its last float bits (and
+    with them every argmax of the search) are the same in any batch, order or split."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        images = list(torch.from_numpy(np.random.default_rng(8).random((9, 24, 24, 3))).float())
+        config = PezConfig(prompt_len=4, steps=15, restarts=2, batch_invariant=True)
+        together = [r.prompt for r in pez_core.invert(model, images, config)]
+        split = [r.prompt for part in (images[:1], images[1:8], images[8:])
+                 for r in pez_core.invert(model, part, config)]
+        backwards = [r.prompt for r in pez_core.invert(model, images[::-1], config)][::-1]
+    finally:
+        torch.set_num_threads(before)
+    assert split == together and backwards == together
+    assert len(set(together)) > 1  # the images got starts of their own
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda m: pez_core.invert(m, []), "no images"),
     (lambda m: pez_core.invert(m, [np.full((8, 8, 3), np.nan)]), "NaN"),
