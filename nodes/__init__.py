@@ -5,6 +5,7 @@ import comfy.model_management as mm
 from comfy_api.latest import ComfyExtension, io
 
 from .. import pez_core
+from .caption import CaptionFolder
 from .combine import CombineModels
 from .distill import DistillPrompt
 from .images import InvertImage, StylePrompt
@@ -17,6 +18,7 @@ pez_core.set_interrupt_check(mm.throw_exception_if_processing_interrupted)
 
 NODES: list[type[io.ComfyNode]] = [
     LoadModel, InvertImage, DistillPrompt, StylePrompt, ConcatPrompts, PromptSimilarity, CombineModels,
+    CaptionFolder,
 ]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))  # the ComfyUI harness the tests use too
 from comfy_harness import COMFY_DIR, DEFAULT_PYTHON, PACK_NAME, ComfyServer, workflow_to_api  # noqa: E402
+from example_inputs import write_caption_demo  # noqa: E402
 from paths import SAMPLES  # noqa: E402
 
 WORKFLOW = ROOT / "example_workflows" / "5 Image to prompt on the CPU.json"
@@ -31,7 +32,9 @@ log = logging.getLogger("demo")
 
 def demo() -> int:
     workflow = json.loads(WORKFLOW.read_text())
-    with ComfyServer(extra_files={f"input/{SAMPLE.name}": SAMPLE}) as server:
+    server = ComfyServer(extra_files={f"input/{SAMPLE.name}": SAMPLE})
+    write_caption_demo(server.input_dir)  # so the caption example finds its folder in this server's input/ too
+    with server:
         log.info("ComfyUI is up on %s; queueing %s", server.url, WORKFLOW.name)
         graph = workflow_to_api(workflow, server.object_info())
         started = time.perf_counter()
@@ -64,6 +67,7 @@ def serve(port: int) -> None:
     (SERVE_HOME / "input").mkdir(exist_ok=True)
     for sample in SAMPLES:  # copies, not links: ComfyUI 0.33 rejects links that leave input/
         (SERVE_HOME / "input" / sample.name).write_bytes(sample.read_bytes())
+    write_caption_demo(SERVE_HOME / "input", fresh=False)  # the caption example's shapes; earlier captions stay
     args = [str(DEFAULT_PYTHON), str(COMFY_DIR / "main.py"), "--listen", "127.0.0.1", "--port", str(port),
             "--base-directory", str(SERVE_HOME), "--database-url", f"sqlite:///{SERVE_HOME}/comfyui.db",
             "--disable-auto-launch"]

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import pytest
 
+from example_inputs import write_caption_demo
 from helpers import PEZ_DISPLAY_NAMES as PEZ_NODES
 from helpers import TINY_MODEL
 from paths import REPO_ROOT, SAMPLES
@@ -135,6 +136,7 @@ def browser(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     server = request.getfixturevalue("comfy_server")  # only now: no server start when skipping
     for sample in SAMPLES:  # the images the example workflows load (`make serve` puts them there too)
         server.add_file(f"input/{sample.name}", sample)
+    write_caption_demo(server.input_dir)  # the caption example's folder, without an earlier run's captions
     server.post_setting("Comfy.TutorialCompleted", True)  # no first-run templates dialog
     server.post_setting("Comfy.Minimap.Visible", False)  # cleaner screenshots
     profile = tmp_path_factory.mktemp("chromium-profile")

@@ -4,7 +4,8 @@ Every file must match the server's /object_info (node types, widget counts, type
 by ComfyUI's template browser, and its PEZ part runs: the file is converted to the API format the
 way the graph editor does it, models that cannot load offline become the tiny test checkpoint,
 steps are cut, and the nodes that need a diffusion checkpoint are left out. The images they load are
-the shipped samples in ``assets/`` (which ``make serve`` copies into its ``input/``), and each PEZ Load
+the shipped samples in ``assets/`` (which ``make serve`` copies into its ``input/``; the caption example's
+folder of demo shapes is made there too, see ``example_inputs.py``), and each PEZ Load
 Model that names a preset declares the weights file for the frontend's missing-models dialog. Workflows saved
 before pez_core was split into layers (``data/saved-before-layers-*.json``) still run as they were saved.
 """
@@ -20,6 +21,7 @@ import pytest
 
 from comfy_harness import FRONTEND_ONLY, ComfyServer, input_type, inputs_in_order, is_widget, widget_values_per_input
 from comfy_harness import workflow_to_api as to_api
+from example_inputs import write_caption_demo
 from helpers import TINY_MODEL
 from paths import REPO_ROOT, SAMPLES
 
@@ -38,6 +40,7 @@ TEST_STEPS = 8
 def object_info(comfy_server: ComfyServer) -> dict[str, Any]:
     for sample in SAMPLES:  # what `make serve` puts into input/ for the examples
         comfy_server.add_file(f"input/{sample.name}", sample)
+    write_caption_demo(comfy_server.input_dir)  # the folder the caption example captions
     return comfy_server.object_info()
 
 
@@ -71,8 +74,8 @@ def runnable_part(graph: dict[str, dict[str, Any]], models_dir: Path, *, keep_mo
     return part
 
 
-def test_there_are_six_examples() -> None:
-    assert len(FILES) == 6, FILES
+def test_there_are_seven_examples() -> None:
+    assert len(FILES) == 7, FILES
 
 
 def test_templates_are_served(comfy_server: ComfyServer) -> None:
@@ -173,7 +176,9 @@ def test_pez_part_runs(comfy_server: ComfyServer, object_info: dict[str, Any], p
     for key in text_nodes:
         ui = result.outputs[key]
         assert ui["text"] and all(isinstance(t, str) for t in ui["text"])
-        assert "pez_similarity" in ui or "pez_token_count" in ui
+        assert "pez_similarity" in ui or "pez_token_count" in ui or "pez_captions" in ui
+        for counts in ui.get("pez_captions", []):  # the caption example: every demo shape captioned (now or before)
+            assert counts["written"] + counts["skipped"] == counts["total"] > 0 and not counts["failed"], counts
 
 
 @pytest.mark.parametrize("path", SAVED_BEFORE_LAYERS, ids=[f.stem for f in SAVED_BEFORE_LAYERS])

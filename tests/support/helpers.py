@@ -30,6 +30,7 @@ PEZ_DISPLAY_NAMES = {
     "PEZ_ConcatPrompts": "Concat Prompts",
     "PEZ_PromptSimilarity": "PEZ Prompt Similarity",
     "PEZ_CombineModels": "PEZ Combine Models",
+    "PEZ_CaptionFolder": "PEZ Caption Folder",
 }
 DEMO_IMAGE = REPO_ROOT / "assets" / "pez-demo-shape.png"
 # name -> (size, mode, background, shape colour, shape): RGB and RGBA PNGs of different sizes
