@@ -102,6 +102,9 @@ def _optimisation_options() -> argparse.ArgumentParser:
         f"the prior's causal LM: {', '.join(FLUENCY_PRESETS)}, a Hugging Face name or a folder (default: "
         f"{', '.join(f'{v} for {k}' for k, v in FLUENCY_MODEL_OF.items())}, else {DEFAULT_FLUENCY_MODEL}); "
         "giving one turns fluency on"))
+    optim.add_argument("--template", default=DEFAULTS.template, help=(
+        "your own words with one {} where the learned words go, e.g. 'a tiger, {}': the search sees the whole "
+        "prompt; the result is the whole prompt, and learned_prompt in --json the words in the slot"))
     optim.add_argument("--negative-text", action="append", default=[], help="text to push away from (repeatable)")
     optim.add_argument("--negative-image", action="append", default=[], type=Path, help="image to push away from")
     optim.add_argument("--negative-weight", type=_negative_weight, default=DEFAULT_NEGATIVE_WEIGHT,
@@ -186,7 +189,7 @@ def _config(args: argparse.Namespace) -> PezConfig:
                      lr=args.lr, weight_decay=args.weight_decay, vocab=args.vocab, blocklist=args.blocklist,
                      allowlist=args.allowlist, lr_schedule=args.lr_schedule, patience=args.patience,
                      polish=args.polish, time_budget=args.time_budget, target_similarity=args.target_similarity,
-                     fluency=args.fluency, fluency_model=args.fluency_model)
+                     fluency=args.fluency, fluency_model=args.fluency_model, template=args.template)
 
 
 def run(args: argparse.Namespace) -> list[dict]:

@@ -26,7 +26,7 @@ from ..engine.loop import search
 from ..engine.prior import TextPrior
 from ..engine.scorer import Scorer
 from .model import MAX_PROMPT_TOKENS, PezModel
-from .objective import ClipScorer, Objective
+from .objective import ClipScorer, Objective, check_template
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +189,12 @@ def optimize(model: JointModel, objectives: Sequence[Objective], config: PezConf
     config.validate(JointScorer)
     if len(objectives) != len(model.models):
         raise PezError(f"{len(objectives)} objectives for {len(model.models)} models; give one per model")
-    scorer = JointScorer([ClipScorer(m, o, config.vocab, config.blocklist, config.allowlist)
+    template = check_template(model.models[0], config)
+    scorer = JointScorer([ClipScorer(m, o, config.vocab, config.blocklist, config.allowlist, template)
                           for m, o in zip(model.models, objectives)], model.weights)
-    results = search(scorer, config, callback, prior)
+    results = search(scorer, config, template.framed_callback(callback), template.framed_prior(prior))
     problems = torch.arange(len(results), device=scorer.device)
     per_model = scorer.similarities([r.prompt for r in results], problems).T.cpu().tolist()
+    results = [template.framed_result(r, model.models[0].tokenize) for r in results]
     return [JointResult(**dataclasses.asdict(r), similarities=[clamp_similarity(s) for s in sims])
             for r, sims in zip(results, per_model)]

@@ -17,6 +17,7 @@ from ..engine.config import Callback, PezConfig, PezResult
 from ..engine.loop import search
 from ..engine.prior import TextPrior
 from ..engine.scorer import Scorer, activation_bytes
+from ..engine.template import Template
 from .model import MAX_PROMPT_TOKENS, PezModel
 from .tokenizer import allowed_token_ids
 
@@ -77,11 +78,17 @@ class ClipScorer(Scorer):
     # prompt's forward and backward in a step
     strings_per_step_prompt = 16.0
 
-    def __init__(self, model: PezModel, objective: Objective, vocab: str = "words", blocklist=None, allowlist=None):
-        self.model, self.device = model, model.device
+    def __init__(self, model: PezModel, objective: Objective, vocab: str = "words", blocklist=None, allowlist=None,
+                 template: Template = Template()):
+        self.model, self.device, self.template = model, model.device, template
         self.objective = Objective(objective.features.float(), objective.weights.float()).to(model.device)
         self.problems = objective.problems
         self.allowed = allowed_token_ids(model.tokenizer, vocab, blocklist, allowlist).to(model.device)
+        # the template's fixed tokens, embedded before and after the learned ones in every forward
+        self.before, self.after = (torch.tensor(model.tokenize(t, "the template") if t.strip() else [],
+                                                dtype=torch.long, device=model.device)
+                                   for t in (template.before, template.after))
+        self.fixed_tokens = len(self.before) + len(self.after)
 
     @property
     def table(self) -> torch.Tensor:
@@ -89,17 +96,23 @@ class ClipScorer(Scorer):
 
     def gains(self, prompts: torch.Tensor, problems: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gain, similarity), each (N,), of prompt embeddings (N, L, D) for their problems (N,)."""
+        if self.fixed_tokens:
+            table, n = self.model.token_embeddings, len(prompts)
+            prompts = torch.cat([table[self.before].expand(n, -1, -1).to(prompts.dtype), prompts,
+                                 table[self.after].expand(n, -1, -1).to(prompts.dtype)], dim=1)
         return self.objective.scores(self.model.encode_embeddings(prompts), problems)
 
     @torch.no_grad()
     def score_texts(self, texts: Sequence[str], problems: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same for strings, encoded as any CLIP text encoder reads them."""
-        return self.objective.scores(self.model.encode_texts(texts), problems.to(self.device))
+        """The same for strings (inside the template), encoded as any CLIP text encoder reads them."""
+        whole = [self.template.fill(t) for t in texts] if self.fixed_tokens else texts
+        return self.objective.scores(self.model.encode_texts(whole), problems.to(self.device))
 
     def bytes_per_prompt(self, prompt_len: int) -> int:
-        """The text tower's backward for one prompt between its start and end tokens."""
+        """The text tower's backward for one prompt (and the template's fixed tokens) between its start and end."""
         model = self.model
-        return activation_bytes(prompt_len + 2, model.text_width, model.text_layers, model.dtype.itemsize)
+        return activation_bytes(prompt_len + self.fixed_tokens + 2, model.text_width, model.text_layers,
+                                model.dtype.itemsize)
 
     def problem_keys(self) -> list[bytes]:
         """Each problem's target features and weights, as bytes."""
@@ -118,5 +131,20 @@ def optimize(model: PezModel, objective: Objective, config: PezConfig | None = N
     """Find one hard prompt per problem of ``objective`` on a CLIP (see ``search``)."""
     config = config or PezConfig()
     config.validate(ClipScorer)
-    scorer = ClipScorer(model, objective, config.vocab, config.blocklist, config.allowlist)
-    return search(scorer, config, callback, prior)
+    template = check_template(model, config)
+    scorer = ClipScorer(model, objective, config.vocab, config.blocklist, config.allowlist, template)
+    results = search(scorer, config, template.framed_callback(callback), template.framed_prior(prior))
+    return [template.framed_result(r, model.tokenize) for r in results]
+
+
+def check_template(model: PezModel, config: PezConfig) -> Template:
+    """The template of ``config``, refused when its fixed tokens and the prompt do not fit CLIP's 75 together."""
+    template = Template.parse(config.template)
+    fixed = sum(len(model.tokenize(t, "the template")) for t in (template.before, template.after) if t.strip())
+    if fixed + config.prompt_len > MAX_PROMPT_TOKENS:
+        room = MAX_PROMPT_TOKENS - fixed
+        fix = f"lower prompt_length to {room} or shorten" if room > 0 else "shorten"
+        raise PezError(f"the template's fixed words take {fixed} CLIP tokens and prompt_length is "
+                       f"{config.prompt_len}: {fixed + config.prompt_len} in all, over CLIP's {MAX_PROMPT_TOKENS}; "
+                       f"{fix} the template")
+    return template

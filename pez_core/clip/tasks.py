@@ -22,7 +22,7 @@ from ..lm.prior import load_prior
 from . import joint
 from .images import split_batch
 from .model import MAX_PROMPT_TOKENS, PezModel
-from .objective import Objective, optimize
+from .objective import Objective, check_template, optimize
 from .presets import DEFAULT_FLUENCY_MODEL, FLUENCY_MODEL_OF, READABLE_BY_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def _optimize(model: joint.AnyModel, targets_of: Callable[[PezModel], Targets], 
     """Targets as each model encodes them (its own image or text tower), then one search over all models."""
     config = config or PezConfig()
     config.validate()
+    check_template(model if isinstance(model, PezModel) else joint.joint_members(model)[0][0], config)  # before any work
     config, prior = fluency_prior(model, config)
     if isinstance(model, PezModel):  # one model: exactly the single-model search
         return optimize(model, Objective.stack(targets_of(model)), config, callback, prior)

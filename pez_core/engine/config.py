@@ -12,6 +12,7 @@ import torch
 from ..common.errors import PezError
 from .polish import POLISH_MODES
 from .prior import FLUENCY_MAX
+from .template import SLOT, Template
 from .vocabulary import VOCAB_MODES
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -50,6 +51,7 @@ class PezConfig:
     fluency: float | None = None    # weight of the language prior in the final choice and polishing; 0: none;
                                     # None: the model's default (READABLE_FLUENCY where it is measured to pay)
     fluency_model: str | None = None        # the prior's causal LM (name or path); None: the model's default
+    template: str = SLOT            # the user's words around the learned ones, e.g. "a tiger, {}" (engine.template)
     batch_invariant: bool = False   # each problem's prompt depends only on its own targets, the settings and the
                                     # seed, never on the other problems of its run (pez_core.engine.loop, "Batch
                                     # invariance"); a dataset job needs it, and it costs a little speed
@@ -86,6 +88,7 @@ class PezConfig:
             raise PezError(f"target similarity must be a number above -1 and at most 1, got {self.target_similarity!r}")
         if self.fluency is not None and not (isinstance(self.fluency, (int, float)) and 0 <= self.fluency <= FLUENCY_MAX):
             raise PezError(f"fluency must be a number from 0 (off) to {FLUENCY_MAX:g}, got {self.fluency!r}")
+        Template.parse(self.template)
         if not isinstance(self.batch_invariant, bool):
             raise PezError(f"batch_invariant must be True or False, got {self.batch_invariant!r}")
         if self.fluency_model is not None and not (isinstance(self.fluency_model, str) and self.fluency_model.strip()):
@@ -135,6 +138,7 @@ class PezResult:
     unpolished_similarity: float | None = None
     perplexity: float | None = None            # per token, under the fluency prior (None: no prior)
     fluency_model: str | None = None           # the prior that judged it
+    learned_prompt: str | None = None          # with a template: the slot's words alone (``prompt`` is whole)
 
     def to_dict(self) -> dict:
         return asdict(self)
