@@ -11,7 +11,8 @@ from .schema import DEFAULTS, READABILITY
 def make_config(*, prompt_length: int, steps: int, seed: int, vocabulary: str, restarts: int = 0,
                 learning_rate: float = DEFAULTS.lr, blocklist: str | None = "", polish: str | None = None,
                 time_budget: float | None = 0.0, target_similarity: float | None = 0.0,
-                readability: str | None = None, fluency: float | None = 0.0) -> pez_core.PezConfig:
+                readability: str | None = None, fluency: float | None = 0.0,
+                template: str | None = None) -> pez_core.PezConfig:
     """The widgets' values as a PezConfig (0 restarts: the engine's choice for the device; a time budget or
     target of 0: none; readability auto: the model's default, on: ``fluency`` or else READABLE_FLUENCY),
     checked at once: ComfyUI does not apply a widget's min/max to a linked value, so this is where e.g. 3000
@@ -23,7 +24,8 @@ def make_config(*, prompt_length: int, steps: int, seed: int, vocabulary: str, r
     config = pez_core.PezConfig(
         prompt_len=prompt_length, steps=steps, restarts=restarts or None, lr=learning_rate, seed=seed,
         vocab=vocabulary, blocklist=pez_core.check_text(blocklist or "", "blocklist").strip() or None, polish=polish,
-        time_budget=time_budget or None, target_similarity=target_similarity or None, fluency=weight)
+        time_budget=time_budget or None, target_similarity=target_similarity or None, fluency=weight,
+        template=pez_core.check_text(template or "", "template").strip() or DEFAULTS.template)
     config.validate()
     return config
 

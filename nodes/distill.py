@@ -7,7 +7,7 @@ from .. import pez_core
 from .config import check_choice, check_choices, make_config
 from .progress import LiveProgress, log_results, text_ui
 from .schema import (model_input, node_schema, prompt_length_input, prompt_outputs, readability_inputs, seed_input,
-                     steps_input, stopping_inputs, text_input, vocabulary_input)
+                     steps_input, stopping_inputs, template_input, text_input, vocabulary_input)
 from .session import device_session
 from .values import require_tokens
 
@@ -35,6 +35,7 @@ class DistillPrompt(io.ComfyNode):
                 vocabulary_input(),
                 *stopping_inputs(),
                 *readability_inputs(),
+                template_input(),
             ],
             outputs=prompt_outputs("prompt", "The distilled prompt.",
                                    "CLIP cosine similarity of the distilled prompt to the original text."),
@@ -48,7 +49,8 @@ class DistillPrompt(io.ComfyNode):
     @classmethod
     def execute(cls, pez_model: pez_core.PezModel, text: str, target: str, prompt_length: int, steps: int,
                 seed: int, vocabulary: str, polish: str | None = None, time_budget: float = 0.0,
-                target_similarity: float = 0.0, readability: str | None = None, fluency: float = 0.0) -> io.NodeOutput:
+                target_similarity: float = 0.0, readability: str | None = None, fluency: float = 0.0,
+                template: str = "") -> io.NodeOutput:
         check_choice("target", target, TARGETS)
         if not pez_core.check_text(text, "text").strip():
             raise pez_core.PezError("the text to distill is empty; type or connect a prompt")
@@ -56,10 +58,10 @@ class DistillPrompt(io.ComfyNode):
         ratio = None if target == "length" else float(target)
         config = make_config(prompt_length=prompt_length, steps=steps, seed=seed, vocabulary=vocabulary,
                              polish=polish, time_budget=time_budget, target_similarity=target_similarity,
-                             readability=readability, fluency=fluency)
+                             readability=readability, fluency=fluency, template=template)
         with device_session(pez_model):
             result = pez_core.distill(pez_model, text, config, ratio=ratio,
                                       callback=LiveProgress(cls.hidden.unique_id, config.steps))
         log_results("PEZ Distill Prompt", [result])
         ui = text_ui([result.prompt], [result.similarity], [result])
-        return io.NodeOutput(result.prompt, result.similarity, ui=ui)
+        return io.NodeOutput(result.prompt, result.similarity, result.learned_prompt or result.prompt, ui=ui)

@@ -9,7 +9,8 @@ from .. import pez_core
 from .config import check_choices, make_config
 from .progress import LiveProgress, log_results, text_ui
 from .schema import (blocklist_input, learning_rate_input, model_input, negative_inputs, node_schema, prompt_length_input,
-                     prompt_outputs, readability_inputs, restarts_input, seed_input, steps_input, stopping_inputs, vocabulary_input)
+                     prompt_outputs, readability_inputs, restarts_input, seed_input, steps_input, stopping_inputs, template_input,
+                     vocabulary_input)
 from .session import device_session
 from .values import first, images_of, texts_of
 
@@ -33,7 +34,7 @@ class _ImagePromptNode(io.ComfyNode):
             cls.NODE_ID, cls.TITLE, cls.DESCRIPTION,
             [model_input(), io.Image.Input("images", tooltip=cls.IMAGES_TOOLTIP), prompt_length_input(),
              steps_input(), restarts_input(), learning_rate_input(), seed_input(), vocabulary_input(),
-             blocklist_input(), *negative_inputs(), *stopping_inputs(), *readability_inputs()],
+             blocklist_input(), *negative_inputs(), *stopping_inputs(), *readability_inputs(), template_input()],
             cls.outputs(), is_input_list=True)
 
     @classmethod
@@ -46,14 +47,15 @@ class _ImagePromptNode(io.ComfyNode):
                 learning_rate: list, seed: list, vocabulary: list, blocklist: list | None = None,
                 negative_images: list | None = None, negative_text: list | None = None, polish: list | None = None,
                 time_budget: list | None = None, target_similarity: list | None = None,
-                readability: list | None = None, fluency: list | None = None) -> io.NodeOutput:
+                readability: list | None = None, fluency: list | None = None,
+                template: list | None = None) -> io.NodeOutput:
         model = first(pez_model)
         config = make_config(prompt_length=first(prompt_length), steps=first(steps), seed=first(seed),
                              vocabulary=first(vocabulary), restarts=first(restarts, 0),
                              learning_rate=first(learning_rate), blocklist=first(blocklist, ""),
                              polish=first(polish), time_budget=first(time_budget, 0.0),
                              target_similarity=first(target_similarity, 0.0), readability=first(readability),
-                             fluency=first(fluency, 0.0))
+                             fluency=first(fluency, 0.0), template=first(template, ""))
         with device_session(model):
             pictures = images_of(images)
             if not pictures:
@@ -65,7 +67,8 @@ class _ImagePromptNode(io.ComfyNode):
         results = found if isinstance(found, list) else [found]
         log_results(cls.TITLE, results)
         prompts, sims = [r.prompt for r in results], [r.similarity for r in results]
-        outputs = (prompts, sims) if isinstance(found, list) else (prompts[0], sims[0])
+        learned = [r.learned_prompt or r.prompt for r in results]
+        outputs = (prompts, sims, learned) if isinstance(found, list) else (prompts[0], sims[0], learned[0])
         return io.NodeOutput(*outputs, ui=text_ui(prompts, sims, results))
 
 

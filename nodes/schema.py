@@ -33,10 +33,13 @@ def text_input(name: str, tooltip: str, display_name: str | None = None) -> io.I
 
 def prompt_outputs(prompt_name: str, prompt_tooltip: str, similarity_tooltip: str,
                    one_per_image: bool = False) -> list[io.Output]:
-    """The learned prompt and its similarity; ``one_per_image``: lists, one item per image."""
+    """The learned prompt, its similarity and the learned words alone (appended last: saved workflows keep their
+    links); ``one_per_image``: lists, one item per image."""
     return [io.String.Output("prompt", display_name=prompt_name, is_output_list=one_per_image, tooltip=prompt_tooltip),
             io.Float.Output("similarity", display_name="similarity", is_output_list=one_per_image,
-                            tooltip=similarity_tooltip)]
+                            tooltip=similarity_tooltip),
+            io.String.Output("learned_prompt", display_name="learned_prompt", is_output_list=one_per_image, tooltip=(
+                "The learned words alone, without the template's own words (without a template: the prompt)."))]
 
 
 def model_input() -> io.Input:
@@ -119,6 +122,13 @@ def stopping_inputs() -> list[io.Input]:
         io.Float.Input("target_similarity", default=0.0, min=0.0, max=1.0, step=0.01, round=0.001, optional=True,
                        tooltip="Stop as soon as the prompt reaches this similarity. 0 = no target."),
     ]
+
+
+def template_input() -> io.Input:
+    """Optional, after every older input."""
+    return io.String.Input("template", default=pez_core.PezConfig.template, optional=True, tooltip=(
+        "Your own words around the learned ones; {} marks where they go: 'a tiger, {}', '{} in the style of "
+        "ukiyo-e'. The learned words are found beside yours, so they fit them. {} alone: learned words only."))
 
 
 READABILITY = ("auto", "off", "on")

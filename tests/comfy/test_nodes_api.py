@@ -72,8 +72,11 @@ def test_object_info_lists_the_nodes(comfy_server: ComfyServer) -> None:
     assert invert["required"]["seed"][1]["control_after_generate"] is True
     assert combo_options(invert["required"]["vocabulary"]) == ["full", "ascii", "words"]
     assert invert["required"]["vocabulary"][1]["default"] == "words"
-    assert info["PEZ_InvertImage"]["output_is_list"] == [True, True]
-    assert info["PEZ_StylePrompt"]["output_is_list"] == [False, False]
+    assert info["PEZ_InvertImage"]["output_is_list"] == [True, True, True]
+    assert info["PEZ_StylePrompt"]["output_is_list"] == [False, False, False]
+    for node_id in ("PEZ_InvertImage", "PEZ_StylePrompt", "PEZ_DistillPrompt"):  # appended last: old links hold
+        assert info[node_id]["output_name"][-1] == "learned_prompt"
+        assert list(info[node_id]["input"]["optional"])[-1] == "template"
     assert combo_options(info["PEZ_DistillPrompt"]["input"]["required"]["target"]) == [
         "length", "0.7", "0.5", "0.3", "0.1"]
 
@@ -190,6 +193,27 @@ def test_style_prompt(comfy_server: ComfyServer) -> None:
     assert_text_ui(result.outputs["style"], 1)
     [style] = text_of(result, "style")
     assert text_of(result, "cat") == [f"a tiger, {style}"]
+
+
+def test_a_template_puts_the_learned_words_in_its_slot(comfy_server: ComfyServer) -> None:
+    """Invert a batch and Style with a template: the prompt is whole, the third output the slot's words."""
+    graph = {
+        "m": model_node(), "a": image_node("pez_red_circle.png"), "b": image_node("pez_blue_square.png"),
+        "batch": {"class_type": "ImageBatch", "inputs": {"image1": ["a", 0], "image2": ["b", 0]}},
+        "inv": invert_node(["batch", 0], template="a tiger, {}"),
+        "style": {**invert_node(["batch", 0], template="{} in the style of ukiyo-e"), "class_type": "PEZ_StylePrompt"},
+        "learned": {"class_type": "PEZ_ConcatPrompts",
+                    "inputs": {"prompt_1": ["inv", 2], "prompt_2": ["style", 2], "separator": " | "}},
+    }
+    result = run_ok(comfy_server, graph)
+    prompts, learned = text_of(result, "inv"), text_of(result, "learned")
+    [style] = text_of(result, "style")
+    assert len(prompts) == len(learned) == 2 and style.endswith(" in the style of ukiyo-e")
+    for prompt, both in zip(prompts, learned):
+        mine, styles = both.split(" | ")
+        assert prompt == f"a tiger, {mine}" and style == f"{styles} in the style of ukiyo-e"
+    error = run_error(comfy_server, invert_graph(template="a tiger"))
+    assert "template 'a tiger' has no {} slots" in error["exception_message"]
 
 
 def test_distill_prompt_of_a_long_text(comfy_server: ComfyServer) -> None:
