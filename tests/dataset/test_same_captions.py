@@ -85,6 +85,19 @@ def test_a_job_killed_and_resumed_gives_the_same_files_each_written_once(folder,
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half file, no lock left
 
 
+def test_two_runs_at_once_caption_every_image_once(folder, reference, tmp_path):
+    out = tmp_path / "out"
+    jobs = [subprocess.Popen([sys.executable, "-m", "pez_core", "caption", str(folder), "--out", str(out), *STEPS,
+                              "--batch-size", "1", "--manifest", str(tmp_path / f"run{i}.jsonl")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for job in jobs:
+        assert job.wait(timeout=600) == 0, job.stderr.read()[-3000:]
+    written = [json.loads(line)["image"] for i in range(2) if (tmp_path / f"run{i}.jsonl").exists()
+               for line in (tmp_path / f"run{i}.jsonl").read_text().splitlines() if '"written"' in line]
+    assert sorted(written) == sorted(set(written)) and len(written) == IMAGES
+    assert captions(out) == reference
+
+
 def test_two_ray_workers_give_the_same_files(folder, reference, tmp_path):
     pytest.importorskip("ray")
     done = caption([folder], tmp_path, "--batch-size", "3", "--ray", "--workers", "2", "--json", timeout=900)
