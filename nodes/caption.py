@@ -21,7 +21,8 @@ from ..pez_core import dataset
 from .config import check_choice, make_config
 from .progress import LIVE_EVERY_S
 from .schema import (blocklist_input, learning_rate_input, model_input, negative_inputs, node_schema, prompt_length_input,
-                     readability_inputs, restarts_input, seed_input, steps_input, stopping_inputs, vocabulary_input)
+                     readability_inputs, restarts_input, seed_input, steps_input, stopping_inputs, template_input,
+                     vocabulary_input)
 from .server import prompt_server
 from .session import device_session
 from .stop import stop_requested
@@ -241,7 +242,7 @@ def optional_inputs() -> list[io.Input]:
             "target_similarity": "Ends a batch once every prompt in it reaches this similarity. 0 = no target. With one, a "
                                  "caption depends on the images it was batched with."}
     stopping = [retold(item, told[item.id]) if item.id in told else item for item in stopping_inputs()]
-    return [blocklist_input(), *negative_inputs(), *stopping, *readability_inputs()]
+    return [blocklist_input(), *negative_inputs(), *stopping, *readability_inputs(), template_input()]
 
 
 def search_aliases() -> dict[str, list[str]]:
@@ -303,12 +304,12 @@ class CaptionFolder(io.ComfyNode):
                 learning_rate: float, seed: int, vocabulary: str, blocklist: str | None = "", negative_images: Any = None,
                 negative_text: str | None = "", polish: str | None = None, time_budget: float | None = 0.0,
                 target_similarity: float | None = 0.0, readability: str | None = None,
-                fluency: float | None = 0.0) -> io.NodeOutput:
+                fluency: float | None = 0.0, template: str | None = "") -> io.NodeOutput:
         check_choice("vocabulary", vocabulary, pez_core.VOCAB_MODES)
         config = make_config(prompt_length=prompt_length, steps=steps, seed=seed, vocabulary=vocabulary,
                              restarts=restarts, learning_rate=learning_rate, blocklist=blocklist, polish=polish,
                              time_budget=time_budget, target_similarity=target_similarity, readability=readability,
-                             fluency=fluency)
+                             fluency=fluency, template=template)
         path = resolve_folder(folder)
         options = caption_options(path, recursive, caption_extension, existing, prefix, suffix, write_manifest,
                                   batch_size)

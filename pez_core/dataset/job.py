@@ -195,8 +195,9 @@ def _write(image: ImageFile, result: PezResult, options: CaptionOptions) -> dict
         write_atomically(image.caption, text)
     except OSError as e:
         return _row(image, "failed", error=f"cannot write {image.caption}: {e.strerror or e}")
-    return _row(image, "written", prompt=result.prompt, caption=text.strip(), similarity=round(result.similarity, 6),
-                perplexity=result.perplexity)
+    learned = {"learned_prompt": result.learned_prompt} if result.learned_prompt is not None else {}
+    return _row(image, "written", prompt=result.prompt, **learned, caption=text.strip(),
+                similarity=round(result.similarity, 6), perplexity=result.perplexity)
 
 
 def open_image(path: Path):

@@ -133,3 +133,13 @@ def test_a_read_only_folder_is_refused(demo, tmp_path):
             caption_images(demo, [tmp_path], CONFIG)
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_a_template_frames_each_caption_inside_the_prefix(demo, tmp_path):
+    write_images(tmp_path, 1)
+    manifest = tmp_path / "m.jsonl"
+    caption_images(demo, [tmp_path], PezConfig(steps=20, prompt_len=3, template="a star, {}"),
+                   CaptionOptions(prefix="sks", manifest=manifest))
+    [row] = manifest_rows(manifest)
+    assert row["prompt"] == f"a star, {row['learned_prompt']}"
+    assert (tmp_path / "img0.txt").read_text() == f"sks, {row['prompt']}\n"
