@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "pez_captions.jsonl"
 MAX_BATCH = 4096           # CaptionOptions' own limit
 SHOWN_FAILURES = 10        # failed images named in the summary; the manifest lists them all
-SEARCH_ALIASES = ["caption", "caption folder", "dataset", "lora captions", "interrogate folder"]
 FOLDER_HINT = "name a folder inside ComfyUI's input folder, relative to it, e.g. my_dataset"
 
 
@@ -245,11 +244,6 @@ def optional_inputs() -> list[io.Input]:
     return [blocklist_input(), *negative_inputs(), *stopping, *readability_inputs(), template_input()]
 
 
-def search_aliases() -> dict[str, list[str]]:
-    """Other names the node search finds it by, where this ComfyUI's schema has them (0.33 does, 0.3.75 not)."""
-    return {"search_aliases": SEARCH_ALIASES} if "search_aliases" in getattr(io.Schema, "__dataclass_fields__", {}) else {}
-
-
 def caption_options(folder: Path, recursive: bool, extension: str, existing: str, prefix: str, suffix: str,
                     write_manifest: bool, batch_size: int) -> dataset.CaptionOptions:
     check_choice("existing", existing, dataset.EXISTING_MODES)
@@ -276,8 +270,7 @@ class CaptionFolder(io.ComfyNode):
             [io.String.Output("summary", display_name="summary", tooltip=(
                 "How many captions were written, skipped and failed, and which images failed.")),
              io.String.Output("manifest_path", display_name="manifest_path", tooltip=(
-                 f"Where {MANIFEST} is (empty when write_manifest is off)."))],
-            **search_aliases())
+                 f"Where {MANIFEST} is (empty when write_manifest is off)."))])
 
     @classmethod
     def validate_inputs(cls, folder: str | None = None) -> bool | str:

@@ -6,7 +6,7 @@ import logging
 from comfy_api.latest import io
 
 from .. import pez_core
-from .schema import CATEGORY, PezModelType
+from .schema import CATEGORY, PezModelType, search_aliases
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class CombineModels(io.ComfyNode):
                 + (" Optional." if optional else ""))))
             models.append(_weight(n, optional))
         return io.Schema(
+            **search_aliases("PEZ_CombineModels"),
             node_id="PEZ_CombineModels",
             display_name="PEZ Combine Models",
             category=CATEGORY,

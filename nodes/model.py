@@ -16,7 +16,7 @@ from comfy_api.latest import io
 from .. import pez_core
 from .config import check_choice
 from .progress import BAR_EVERY_S
-from .schema import CATEGORY, PezModelType
+from .schema import CATEGORY, PezModelType, search_aliases
 from .server import send_node_text
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ class LoadModel(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         serves = "; ".join(f"{name}: {p.serves}" for name, p in pez_core.PRESETS.items())
         return io.Schema(
+            **search_aliases("PEZ_LoadModel"),
             node_id="PEZ_LoadModel",
             display_name="PEZ Load Model",
             category=CATEGORY,

@@ -19,11 +19,35 @@ TIME_BUDGET_MAX = 24 * 3600.0
 PezModelType = io.Custom("PEZ_MODEL")
 
 
+# what people type into the node search for each node (the words other captioning tools use)
+SEARCH_ALIASES = {
+    "PEZ_LoadModel": ["clip loader", "open_clip", "load clip"],
+    "PEZ_InvertImage": ["caption", "interrogate", "clip interrogator", "image to prompt", "img2prompt",
+                        "describe image", "reverse prompt", "hard prompt"],
+    "PEZ_StylePrompt": ["style", "style prompt", "style from images", "img2prompt", "interrogate style"],
+    "PEZ_DistillPrompt": ["shorten prompt", "compress prompt", "summarize prompt", "prompt length"],
+    "PEZ_ConcatPrompts": ["join prompts", "concatenate", "combine text", "text concat"],
+    "PEZ_PromptSimilarity": ["clip score", "prompt score", "image text similarity"],
+    "PEZ_CombineModels": ["joint prompt", "sdxl clip", "two encoders"],
+    "PEZ_CaptionFolder": ["caption", "caption folder", "dataset", "lora captions", "interrogate folder",
+                          "batch caption"],
+}
+
+
+def search_aliases(node_id: str) -> dict[str, list[str]]:
+    """``search_aliases`` for a node's schema where this ComfyUI has them. Workaround (ComfyUI 0.3.75): its
+    Schema has no such field."""
+    return {"search_aliases": SEARCH_ALIASES[node_id]} if "search_aliases" in getattr(
+        io.Schema, "__dataclass_fields__", {}) else {}
+
+
 def node_schema(node_id: str, display_name: str, description: str, inputs: list[io.Input],
                 outputs: list[io.Output], **extra: Any) -> io.Schema:
-    """A PEZ node: in the PEZ category, an output node (its result shows on the node), told its own id."""
+    """A PEZ node: in the PEZ category, an output node (its result shows on the node), told its own id, found
+    by its search aliases too."""
     return io.Schema(node_id=node_id, display_name=display_name, category=CATEGORY, description=description,
-                     inputs=inputs, outputs=outputs, hidden=[io.Hidden.unique_id], is_output_node=True, **extra)
+                     inputs=inputs, outputs=outputs, hidden=[io.Hidden.unique_id], is_output_node=True,
+                     **search_aliases(node_id), **extra)
 
 
 def text_input(name: str, tooltip: str, display_name: str | None = None) -> io.Input:

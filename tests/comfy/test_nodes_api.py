@@ -441,3 +441,13 @@ def test_server_keeps_serving_after_errors(comfy_server: ComfyServer) -> None:
     result = run_ok(comfy_server, invert_graph(steps=5, seed=11))
     assert_text_ui(result.outputs["inv"], 1)
     assert math.isfinite(result.outputs["inv"]["pez_similarity"][0])
+
+
+def test_every_node_is_found_by_what_other_tools_call_it(comfy_server: ComfyServer) -> None:
+    """Where this ComfyUI's schema has search aliases (0.33 has, 0.3.75 not), the node search knows them."""
+    info = comfy_server.object_info()
+    if not any("search_aliases" in info[n] for n in DISPLAY_NAMES):
+        pytest.skip("this ComfyUI's node schema has no search aliases")
+    aliases = {n: set(info[n].get("search_aliases") or ()) for n in DISPLAY_NAMES}
+    assert {"caption", "interrogate", "image to prompt", "img2prompt"} <= aliases["PEZ_InvertImage"]
+    assert "caption folder" in aliases["PEZ_CaptionFolder"] and all(aliases.values())
