@@ -63,5 +63,5 @@ class DistillPrompt(io.ComfyNode):
             result = pez_core.distill(pez_model, text, config, ratio=ratio,
                                       callback=LiveProgress(cls.hidden.unique_id, config.steps))
         log_results("PEZ Distill Prompt", [result])
-        ui = text_ui([result.prompt], [result.similarity], [result])
+        ui = text_ui([result.prompt], [result.similarity], [result], config.steps)
         return io.NodeOutput(result.prompt, result.similarity, result.learned_prompt or result.prompt, ui=ui)

@@ -69,7 +69,7 @@ class _ImagePromptNode(io.ComfyNode):
         prompts, sims = [r.prompt for r in results], [r.similarity for r in results]
         learned = [r.learned_prompt or r.prompt for r in results]
         outputs = (prompts, sims, learned) if isinstance(found, list) else (prompts[0], sims[0], learned[0])
-        return io.NodeOutput(*outputs, ui=text_ui(prompts, sims, results))
+        return io.NodeOutput(*outputs, ui=text_ui(prompts, sims, results, config.steps))
 
 
 class InvertImage(_ImagePromptNode):

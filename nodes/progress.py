@@ -68,17 +68,31 @@ def send_live(node: str | None, progress: pez_core.Progress) -> None:
 
 
 def text_ui(prompts: Sequence[str], similarities: Sequence[float],
-            results: Sequence[pez_core.PezResult] = ()) -> dict[str, list]:
+            results: Sequence[pez_core.PezResult] = (), total: int | None = None) -> dict[str, list]:
     """The UI output of every text-producing PEZ node: one string and one similarity per prompt; with
     several models (PEZ Combine Models), also each model's similarity per prompt, in model order; with the
-    fluency prior, each prompt's perplexity under it."""
+    fluency prior, each prompt's perplexity under it; with ``total`` (the steps asked for), where each run
+    ended."""
     ui = {"text": [str(p) for p in prompts], "pez_similarity": [float(s) for s in similarities]}
     per_model = [list(getattr(r, "similarities", [])) for r in results]
     if any(per_model):
         ui["pez_model_similarities"] = per_model
     if any(r.perplexity is not None for r in results):
         ui["pez_perplexity"] = [r.perplexity for r in results]
+    if results and total:
+        ui["pez_ended"] = [ended(r, total) for r in results]
     return ui
+
+
+def ended(result: pez_core.PezResult, total: int) -> str:
+    """Which stage and step a run ended at: "stopped at step 68 of 3000", "stopped while polishing, after 3000
+    steps", or "3000 steps, then polishing"."""
+    if result.stopped_early and result.steps < total:
+        return f"stopped at step {result.steps} of {total}"
+    polished = result.unpolished_prompt is not None
+    if result.stopped_early and polished:
+        return f"stopped while polishing, after {result.steps} steps"
+    return f"{result.steps} steps" + (", then polishing" if polished else "")
 
 
 def log_results(node: str, results: Sequence[pez_core.PezResult]) -> None:

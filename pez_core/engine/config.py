@@ -132,7 +132,7 @@ class PezResult:
     token_ids: list[int]          # the ids ``prompt`` tokenizes to
     steps: int
     seconds: float
-    stopped_early: bool = False
+    stopped_early: bool = False   # a stopping rule or a stop request ended the loop or polishing
     polished: bool = False                     # polishing changed the prompt
     unpolished_prompt: str | None = None       # what the PEZ loop found (None: polishing was off)
     unpolished_similarity: float | None = None

@@ -260,6 +260,7 @@ class Run:
         seconds = time.perf_counter() - started
         return [dataclasses.replace(r, prompt=f.prompt, token_ids=f.token_ids,
                                     similarity=clamp_similarity(f.similarity), seconds=seconds,
+                                    stopped_early=r.stopped_early or watch.cancelled,
                                     polished=f.prompt != r.prompt, unpolished_prompt=r.prompt,
                                     unpolished_similarity=r.similarity)
                 for r, f in zip(results, found)]

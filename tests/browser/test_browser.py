@@ -496,6 +496,10 @@ def test_run_shows_live_progress_then_the_final_prompt(browser: Browser, finishe
     assert live, f"no live progress text on the node before the run ended; saw {watch['texts']}"
     assert re.search(rf"step \d+/{STEPS}\b", live[0]["v"]), live[0]["v"]
     assert "similarity" in live[0]["v"]
+    # polishing after the last step is shown as such, and the result says where the run ended
+    assert any(x["v"].startswith(f"running: polishing after step {STEPS}/{STEPS}") for x in live), \
+        [x["v"].splitlines()[0] for x in live]
+    assert f"{STEPS} steps, then polishing" in run.final_text, run.final_text
 
     # the final prompt, as /history has it, in the node's text box and in the saved properties
     assert run.history_text and all(isinstance(t, str) and t for t in run.history_text)
@@ -728,6 +732,9 @@ def test_stop_and_use_best_keeps_the_best_prompt(browser: Browser, finished_run:
     assert max(p["step"] for p in watch["progress"]) < long_steps
     shown = watch["texts"][-1]["v"]
     assert shown.startswith(text[0]) and "cancelled" not in shown, shown
+    [ended] = result.outputs[str(run.invert_id)]["pez_ended"]
+    step = int(re.fullmatch(rf"stopped at step (\d+) of {long_steps}", ended).group(1))
+    assert step < long_steps and ended in shown, shown
     b.shot("stop-2-kept")
 
 

@@ -210,9 +210,9 @@ function show(node, text, { running = false, warning = false } = {}) {
 
 // result key -> key in a node's `ui` output; a saved result (node.properties) uses the result keys
 const UI_KEYS = { similarity: "pez_similarity", token_count: "pez_token_count", warning: "pez_warning",
-  model_similarities: "pez_model_similarities", perplexity: "pez_perplexity" };
+  model_similarities: "pez_model_similarities", perplexity: "pez_perplexity", ended: "pez_ended" };
 const SAVED_KEYS = { similarity: "similarity", token_count: "token_count", warning: "warning",
-  model_similarities: "model_similarities", perplexity: "perplexity" };
+  model_similarities: "model_similarities", perplexity: "perplexity", ended: "ended" };
 
 /** What is shown and saved of a `ui` output (UI_KEYS) or of a saved result (SAVED_KEYS, with its
  * note), checked; null without text. */
@@ -249,6 +249,9 @@ function metaLines(result) {
     const perModel = perModelLine(result.model_similarities?.[0]);
     if (perModel) lines.push(perModel);
   }
+  // where the run ended ("stopped at step 68 of 3000"): once, for one prompt or a batch
+  const ended = [...new Set(asList(result.ended).map((e) => String(e)))];
+  if (ended.length) lines.push(ended.join(" · "));
   return lines;
 }
 
@@ -339,7 +342,9 @@ function restore(node) {
 function formatProgress(p) {
   const head = [];
   if (p.step !== undefined && p.step !== null) {
-    head.push(p.total ? `step ${p.step}/${p.total}` : `step ${p.step}`);
+    const step = p.total ? `step ${p.step}/${p.total}` : `step ${p.step}`;
+    // after the last step the similarity still rises: polishing (pez_core.engine.polish) is at work
+    head.push(p.stage === "polishing" ? `polishing after ${step}` : step);
   }
   if (p.similarity !== undefined && p.similarity !== null) {
     head.push(`best similarity ${formatSimilarity(p.similarity)}`);
@@ -406,6 +411,7 @@ function onPezProgress(event) {
     total: detail.total,
     similarity: detail.similarity,
     prompt: detail.prompt,
+    stage: detail.stage,
   });
   tameBuiltinProgress(node);
 }
