@@ -73,11 +73,18 @@ def check_writable(folders: Sequence[Path]) -> None:
 
 def write_atomically(path: Path, text: str) -> None:
     """``text`` into ``path`` through a temporary file and a rename: the file is whole or absent."""
+    with atomic_file(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator:
+    """A binary file that becomes ``path`` (synced, then renamed into place) only when the block ends well."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)

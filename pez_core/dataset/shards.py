@@ -4,7 +4,6 @@ folder holding every member it had plus ``<key><caption ext>``; a shard is writt
 rename), so it is the unit a rerun skips."""
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -17,7 +16,7 @@ from typing import Sequence
 from ..clip.joint import AnyModel
 from ..common.errors import PezError
 from ..engine.config import Callback, PezConfig
-from .files import IMAGE_EXTENSIONS, check_writable
+from .files import IMAGE_EXTENSIONS, atomic_file, check_writable
 from .job import CaptionOptions, CaptionSummary, Progress, open_image, progress_of, record
 
 log = logging.getLogger(__name__)
@@ -132,18 +131,8 @@ def _write(path: Path, members: dict[str, bytes], captions: dict[str, str], ext:
     files = dict(members)
     for key, text in captions.items():
         files[key + ext] = text.encode("utf-8")
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
-            for name in sorted(files, key=lambda n: (n.split(".", 1)[0], n)):  # a sample's members together
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(files[name]), 0, 0o644
-                tar.addfile(info, io.BytesIO(files[name]))
-            tar.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    with atomic_file(path) as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+        for name in sorted(files, key=lambda n: (n.split(".", 1)[0], n)):  # a sample's members together
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(files[name]), 0, 0o644
+            tar.addfile(info, io.BytesIO(files[name]))
