@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pez_core  # noqa: E402
+from pez_core import join_prompts  # noqa: E402
 from pez_core.demo import shapes  # noqa: E402
 from pez_core.demo.grading import shape_mentions, words_of  # noqa: E402
 from planted import planted_ids, recovered  # noqa: E402
@@ -46,22 +47,6 @@ STYLE_SHAPES = tuple(s for s in shapes.SHAPES if s != SUBJECT)
 STYLE_SEED, HELD_OUT_SEED = 4_242, 4_243
 COST_SEED = 99                                      # the cost part's planted text (its target only)
 COST_TOLERANCE = 0.05                               # "no slower": the template's median within 5 % of the plain one
-
-
-def concat(parts: list[str], separator: str) -> str:
-    """Concat Prompts' rule (``nodes/text.py``): the non-empty parts, stripped, joined with ``separator``; a
-    separator already at a part's end or start is not doubled."""
-    core = separator.strip()
-    kept = []
-    for part in parts:
-        part = part.strip()
-        while core and part.endswith(core):
-            part = part[: -len(core)].rstrip()
-        while core and part.startswith(core):
-            part = part[len(core):].lstrip()
-        if part:
-            kept.append(part)
-    return separator.join(kept)
 
 
 def verdict(met: bool) -> str:
@@ -107,7 +92,7 @@ def one_planted(model, seed: int, args) -> list[dict]:
     return [
         run("template", slot_len, f"{fixed} {{}}", lambda learned: f"{fixed} {learned}".strip()),
         run("from scratch", len(ids), "{}", lambda learned: learned),
-        run("concat", slot_len, "{}", lambda learned: concat([fixed, learned], " ")),
+        run("concat", slot_len, "{}", lambda learned: join_prompts([fixed, learned], " ")),
     ]
 
 
@@ -168,7 +153,7 @@ def one_style(model, colour: str, background: str, seed: int, args) -> list[dict
         result = pez_core.style(model, images, dataclasses.replace(config, template=template))
         seconds = time.perf_counter() - started
         learned = result.learned_prompt if result.learned_prompt is not None else result.prompt
-        whole = result.prompt if method == "template" else concat([subject, learned], ", ")
+        whole = result.prompt if method == "template" else join_prompts([subject, learned], ", ")
         rows.append({"part": "style", "colour": colour, "background": background, "seed": seed, "method": method,
                      "prompt": whole, "learned": learned, "shapes_named": sorted(shape_mentions(words_of(learned))),
                      "style_similarity": float(pez_core.score(model, whole, images).mean()), "seconds": seconds})

@@ -17,21 +17,6 @@ log = logging.getLogger(__name__)
 MAX_TOKENS = pez_core.MAX_PROMPT_TOKENS
 
 
-def join_prompts(parts: list[str], separator: str) -> str:
-    """Join the non-empty parts; a separator already at a part's end (e.g. 'a tiger, ') is not doubled."""
-    core = separator.strip()
-    kept = []
-    for part in parts:
-        part = (part or "").strip()
-        while core and part.endswith(core):
-            part = part[: -len(core)].rstrip()
-        while core and part.startswith(core):
-            part = part[len(core):].lstrip()
-        if part:
-            kept.append(part)
-    return separator.join(kept)
-
-
 def token_count(text: str, name: str = "the joined prompt") -> int:
     return len(pez_core.clip_tokenizer().encode(text, name))
 
@@ -83,7 +68,7 @@ class ConcatPrompts(io.ComfyNode):
         for i in range(n):
             sep = separator[min(i, len(separator) - 1)]
             label = f"joined prompt {i + 1}" if n > 1 else "the joined prompt"
-            text = pez_core.check_text(join_prompts([str(c[min(i, len(c) - 1)]) for c in named.values()], sep), label)
+            text = pez_core.check_text(pez_core.join_prompts([str(c[min(i, len(c) - 1)]) for c in named.values()], sep), label)
             count = token_count(text, label)
             joined.append(text)
             counts.append(count)

@@ -25,6 +25,7 @@ _HOMES = {
     ".common.errors": ("ModelLoadError", "PezError", "WeightsNotAvailableError"),
     ".common.limits": ("check_text", "set_interrupt_check"),
     ".engine.prior": ("FLUENCY_MAX", "READABLE_FLUENCY", "TextPrior"),
+    ".engine.template": ("Template", "join_prompts"),
     ".lm.prior": ("FLUENCY_PRESETS", "LmPrior", "load_prior"),
     ".engine": ("LR_RANGE", "LR_SCHEDULES", "MAX_RESTARTS", "MAX_STEPS", "POLISH_MODES", "VOCAB_MODES",
                         "PezConfig", "PezResult", "Progress", "Scorer", "polish_prompts", "search", "PRUNE_BUDGET"),
@@ -58,6 +59,6 @@ __all__ = [
     "search", "set_interrupt_check", "style",
     "CHECKPOINT_SUFFIXES", "DEFAULT_MODEL", "PRUNE_BUDGET", "bundled_models", "cached_models", "clip_tokenizer",
     "joint_members", "preset_of_file", "DEFAULT_FLUENCY_MODEL", "FLUENCY_MAX", "FLUENCY_PRESETS", "LmPrior",
-    "READABLE_FLUENCY", "TextPrior", "load_prior",
+    "READABLE_FLUENCY", "TextPrior", "load_prior", "Template", "join_prompts",
 ]
 __version__ = "0.1.0"

@@ -78,3 +78,19 @@ class FramedPrior:
     def scoped(self) -> "FramedPrior":
         return FramedPrior(self.prior.scoped(), self.template)
 
+
+def join_prompts(parts: Sequence[str], separator: str) -> str:
+    """Prompts joined after the fact (the Concat Prompts node; the alternative to a template): the non-empty
+    parts, stripped, joined with ``separator``; a separator already at a part's end or start (e.g. 'a tiger, ')
+    is not doubled."""
+    core = separator.strip()
+    kept = []
+    for part in parts:
+        part = (part or "").strip()
+        while core and part.endswith(core):
+            part = part[: -len(core)].rstrip()
+        while core and part.startswith(core):
+            part = part[len(core):].lstrip()
+        if part:
+            kept.append(part)
+    return separator.join(kept)

@@ -2,13 +2,14 @@
 for the style part, a few steps): its tables, its JSON, its joins and its targets, not the figures (about 15 s)."""
 from __future__ import annotations
 
-import ast
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+import pez_core
 from helpers import write_tiny_checkpoint
 from paths import REPO_ROOT
 
@@ -23,16 +24,6 @@ def run(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def concat_prompts_rule():
-    """``join_prompts`` of nodes/text.py, the Concat Prompts node's rule, read from its source (the node module
-    needs ComfyUI to import)."""
-    tree = ast.parse((REPO_ROOT / "nodes" / "text.py").read_text())
-    [function] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "join_prompts"]
-    namespace: dict = {}
-    exec(compile(ast.Module([function], []), "nodes/text.py", "exec"), namespace)
-    return namespace["join_prompts"]
-
-
 def table(out: str, first_cell: str) -> list[list[str]]:
     return [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith(first_cell)]
 
@@ -43,7 +34,7 @@ def test_template_benchmark_runs_every_part(tmp_path):
     done = run("--model", str(checkpoint), *TINY, "--json", str(results))
     assert done.returncode == 0, done.stderr[-3000:]
     out, data = done.stdout, json.loads(results.read_text())
-    join = concat_prompts_rule()
+    join = pez_core.join_prompts  # the Concat Prompts node's rule
 
     planted = data["planted"]
     assert [(r["seed"], r["method"]) for r in planted] == [
