@@ -47,9 +47,10 @@ class _Transfer:
 
 
 def save_hint(arch: str, tag: str, suffix: str = ".safetensors") -> str:
-    """Where a user may put a preset's weights by hand (``nodes/model.py`` looks there)."""
-    return (f"save the file as models/pez/{arch}-{tag}{suffix} (ComfyUI; then refresh the browser) "
-            "or pass its path as pretrained")
+    """Where a user may put a preset's weights by hand (``nodes/model.py`` looks there), for ComfyUI and Python."""
+    return (f"save it as models/pez/{arch}-{tag}{suffix} (ComfyUI: PEZ Load Model's model widget then uses it; "
+            "refresh the browser to list it) or pass its path as pretrained (load_model's argument, the CLI's "
+            "--pretrained)")
 
 
 def file_url(repo_id: str, filename: str) -> str:
@@ -67,7 +68,7 @@ def hub_weights(repo_id: str, filenames: list[str], *, what: str, arch: str, tag
         raise
     except PezError as e:
         raise _failure(what, repo_id, filenames[0], arch, tag, str(e)) from None
-    text = (f"downloading {what} ({filename}, {_size_text(size)}) from {file_url(repo_id, filename)} "
+    text = (f"downloading {what} ({filename}, {size_text(size)}) from {file_url(repo_id, filename)} "
             "into the Hugging Face cache; only this once")
     log.info(text)
     if watcher is not None:
@@ -80,7 +81,8 @@ def hub_weights(repo_id: str, filenames: list[str], *, what: str, arch: str, tag
         raise _failure(what, repo_id, filename, arch, tag, str(e)) from None
 
 
-def _size_text(size: int) -> str:
+def size_text(size: int) -> str:
+    """``605.0 MB``, ``1.71 GB``."""
     return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 

@@ -5,21 +5,27 @@ model (``"shapes-demo"``), an open_clip architecture with a pretrained tag, a fi
 weights), or a checkpoint path on its own. The few most recently loaded models are cached per (model, weights
 file and its size and mtime, device, precision).
 
+A checkpoint's architecture comes from a config JSON beside it, else its name (``ViT-L-14-openai.safetensors``),
+else its tensors' names and shapes matched against open_clip's configs (a file saved under its download's name,
+``open_clip_model.safetensors``); QuickGELU, which no tensor shows, then comes from the project's preset.
+
 A checkpoint is checked before it costs anything: its config's numbers, its tensors' shapes against
 the architecture (built on the meta device, no memory) and the memory the model needs.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
+import math
 import pickle
 import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -27,10 +33,10 @@ from ..common import devices
 from ..common.devices import hub_offline, resolve_device
 from ..common.errors import ModelLoadError, PezError, WeightsNotAvailableError
 from ..common.limits import check_interrupt
-from .download import Watcher, hub_weights, save_hint
+from .download import Watcher, file_url, hub_weights, save_hint, size_text
 from .joint import JointModel, combine
 from .model import PezModel, resolve_dtype
-from .presets import CHECKPOINT_SUFFIXES, DEFAULT_MODEL, JOINT_PRESETS, PRESETS, bundled_models
+from .presets import CHECKPOINT_SUFFIXES, DEFAULT_MODEL, JOINT_PRESETS, PRESETS, Preset, bundled_models, preset_of_weights
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +116,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = None, device:
     ``locate`` maps a name (each part's, for a joint preset) to what to load, e.g. a saved copy of a preset's
     weights in a host application's model folder."""
     if isinstance(name, str) and name.strip() in JOINT_PRESETS and pretrained is None:
-        preset = JOINT_PRESETS[name.strip()]
-        return combine([load_model(part, None, device, precision, watcher, locate) for part in preset.parts],
-                       preset.weights)
+        return _load_joint(name.strip(), device, precision, watcher, locate)
     name = locate(name) if locate is not None else name
     device = resolve_device(device)
     dtype = resolve_dtype(precision, device)
@@ -132,6 +136,43 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = None, device:
         _CACHE[key] = PezModel(clip, name, device, dtype)
         log.info("loaded %s (%s) on %s as %s", name, source.weights, device, dtype)
         return _CACHE[key]
+
+
+def _load_joint(name: str, device: str | torch.device, precision: str, watcher: Watcher | None,
+                locate: Callable[[str], str] | None) -> JointModel:
+    """A joint preset's parts. Every part's weights are looked for (and fetched) before any is built, so that
+    one error names every file that is missing."""
+    preset = JOINT_PRESETS[name]
+    parts = [locate(part) if locate is not None else part for part in preset.parts]
+    missing = []
+    for part in parts:
+        if part in PRESETS:  # the others are files or bundled models: found or not, their errors say so
+            try:
+                _tag_weights(PRESETS[part].arch, PRESETS[part].pretrained, watcher)
+            except WeightsNotAvailableError as e:
+                missing.append((PRESETS[part], e))
+    if missing:
+        raise _missing_weights(name, missing)
+    return combine([load_model(part, None, device, precision, watcher) for part in parts], preset.weights)
+
+
+def _missing_weights(name: str, missing: list[tuple[Preset, WeightsNotAvailableError]]) -> WeightsNotAvailableError:
+    """One error for the weights files a model made of several lacks: each file, its size and where it is."""
+    def entry(preset: Preset) -> str:
+        repo_id, candidates = _hub_files(preset.arch, preset.pretrained)
+        where = f"from {file_url(repo_id, candidates[0])}" if repo_id else "from its URL"
+        size = f"about {size_text(preset.download_bytes)}, " if preset.download_bytes else ""
+        return f"{preset.arch} / {preset.pretrained}: {preset.file_stem}.safetensors ({size}{where})"
+    if len(missing) == 1:
+        return missing[0][1]
+    total = sum(p.download_bytes for p, _ in missing)
+    how = ("unset HF_HUB_OFFLINE to let them download into the Hugging Face cache" if hub_offline()
+           else f"try again (the first download failed: {missing[0][1]})")
+    return WeightsNotAvailableError(
+        f"{name} needs {len(missing)} weights files that are not on this machine"
+        + (f" (about {size_text(total)} in all)" if total else "") + ": "
+        + "; ".join(entry(p) for p, _ in missing)
+        + f". Save each as models/pez/<its name> (ComfyUI) or {how}.")
 
 
 def _known_names() -> str:
@@ -181,7 +222,7 @@ def _pretrained(arch: str, tag: str, watcher: Watcher | None = None) -> _Source:
 
 
 def _from_checkpoint(path: Path) -> _Source:
-    """A checkpoint file with its architecture: a config JSON beside it, or a known name prefix."""
+    """A checkpoint file with its architecture: a config JSON beside it, a known name prefix, or its tensors."""
     import open_clip
 
     config_file = path.with_suffix(".json")
@@ -194,13 +235,161 @@ def _from_checkpoint(path: Path) -> _Source:
             return _Source(config["arch"], bool(config.get("quick_gelu")), weights=path)
         raise ModelLoadError(f"{config_file} must be an open_clip model config (with embed_dim) "
                              'or name an architecture, e.g. {"arch": "ViT-L-14", "quick_gelu": true}')
-    arches = sorted((a for a in open_clip.list_models() if path.stem.startswith(a)), key=len)
+    arch, quick_gelu = _arch_of_name(path.stem) or _arch_of_tensors(path)
+    return _Source(arch, quick_gelu, weights=path)
+
+
+def _arch_of_name(stem: str) -> tuple[str, bool] | None:
+    """(architecture, QuickGELU) from a name ``<arch>[-<pretrained tag>]``, or None. The tag says QuickGELU
+    (OpenAI's weights and some others were trained with it); a name without a known tag: "openai" in it."""
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
+
+    arches = sorted((a for a in open_clip.list_models() if stem.startswith(a)), key=len)
     if not arches:
-        raise ModelLoadError(f"cannot tell the architecture of {path.name}: start its name with one "
-                             f"(e.g. ViT-L-14-openai.safetensors) or put {config_file.name} beside it, "
-                             'e.g. {"arch": "ViT-L-14", "quick_gelu": true}')
+        return None
     arch = arches[-1]
-    return _Source(arch, "openai" in path.stem, weights=path)  # OpenAI's weights were trained with QuickGELU
+    tag = stem[len(arch):].lstrip("-_ ")
+    if tag in open_clip.list_pretrained_tags_by_model(arch):
+        return arch, bool(get_pretrained_cfg(arch, tag).get("quick_gelu", False))
+    return arch, "openai" in stem
+
+
+class _Layout(NamedTuple):
+    """What an open_clip CLIP's tensor shapes show of its architecture (all but QuickGELU)."""
+    embed_dim: int
+    vision_width: int
+    vision_layers: int
+    patch_size: int
+    image_size: int
+    text_width: int
+    text_layers: int
+    context_length: int
+    vocab_size: int
+
+    def __str__(self) -> str:
+        return (f"image tower: width {self.vision_width}, {self.vision_layers} layers, patch {self.patch_size}, "
+                f"image {self.image_size}; text tower: width {self.text_width}, {self.text_layers} layers, "
+                f"{self.context_length} positions, {self.vocab_size:,} tokens; {self.embed_dim} features")
+
+
+def _layout_of_shapes(shapes: dict[str, tuple]) -> _Layout | None:
+    """The layout of a state dict with a ViT image tower and open_clip's own text tower, or None."""
+    def blocks(prefix: str) -> int:
+        return len({k[len(prefix):].split(".", 1)[0] for k in shapes if k.startswith(prefix)})
+    try:
+        vision_width, _, patch, _ = shapes["visual.conv1.weight"]
+        positions = shapes["visual.positional_embedding"][0]  # a class token and a square grid of patches
+        vocab, text_width = shapes["token_embedding.weight"]
+        context = shapes["positional_embedding"][0]
+        embed_dim = shapes["text_projection"][1]
+    except (KeyError, ValueError, IndexError):
+        return None
+    return _Layout(embed_dim, vision_width, blocks("visual.transformer.resblocks."), patch,
+                   math.isqrt(max(positions - 1, 0)) * patch, text_width, blocks("transformer.resblocks."),
+                   context, vocab)
+
+
+def _layout_of_config(config: dict) -> _Layout | None:
+    """The layout of an open_clip model config, or None where its towers are of another kind (timm, Hugging
+    Face, ResNet, a custom text tower, a non-square image)."""
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    try:
+        vision, text = CLIPVisionCfg(**config["vision_cfg"]), CLIPTextCfg(**config["text_cfg"])
+    except (KeyError, TypeError):
+        return None
+    if (config.get("custom_text") or vision.timm_model_name or text.hf_model_name
+            or not isinstance(vision.layers, int)):
+        return None
+    sizes = [v if isinstance(v, int) else v[0] if len(set(v)) == 1 else None
+             for v in (vision.image_size, vision.patch_size)]
+    if None in sizes:
+        return None
+    image, patch = sizes
+    return _Layout(config["embed_dim"], vision.width, vision.layers, patch, image // patch * patch,
+                   text.width, text.layers, text.context_length, text.vocab_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _open_clip_layouts() -> dict[str, _Layout]:
+    """open_clip's architectures (their configs, nothing built) by layout."""
+    import open_clip
+
+    layouts = {name: _layout_of_config(open_clip.get_model_config(name) or {}) for name in open_clip.list_models()}
+    return {name: layout for name, layout in layouts.items() if layout is not None}
+
+
+def _families(layout: _Layout) -> list[list[str]]:
+    """open_clip's architectures of this layout; those that differ only in QuickGELU together, the plain one first."""
+    import open_clip
+
+    families: dict[str, list[str]] = {}
+    for name, other in _open_clip_layouts().items():
+        if other == layout:
+            config = open_clip.get_model_config(name)
+            families.setdefault(json.dumps({k: v for k, v in config.items() if k != "quick_gelu"}, sort_keys=True),
+                                []).append(name)
+    return [sorted(f, key=lambda n: (bool(open_clip.get_model_config(n).get("quick_gelu")), len(n), n))
+            for f in families.values()]
+
+
+def _arch_of_tensors(path: Path) -> tuple[str, bool]:
+    """(architecture, QuickGELU) of a checkpoint whose name says neither, from its tensors' names and shapes (a
+    safetensors file's header only) matched against open_clip's configs; or an error saying what to name it."""
+    layout = _layout_of_shapes(_checkpoint_shapes(path)[0])
+    families = _families(layout) if layout is not None else []
+    if len(families) == 1:
+        return _choose_gelu(path, families[0])
+    start = f"cannot tell the architecture of {path.name}: its name starts with no open_clip architecture and its"
+    fix = (f"name it <architecture>-<pretrained tag>{path.suffix} (e.g. ViT-L-14-openai.safetensors) or put "
+           f'{path.with_suffix(".json").name} beside it, e.g. {{"arch": "ViT-L-14", "quick_gelu": true}}')
+    if layout is None:
+        raise ModelLoadError(f"{start} tensors are not an open_clip CLIP's with a ViT image tower (a transformers "
+                             f"or ComfyUI text-encoder file is not one): {fix}")
+    if not families:
+        raise ModelLoadError(f"{start} tensors ({layout}) fit none of open_clip's architectures: {fix}, or an "
+                             "open_clip model config")
+    names = " or ".join(f"{family[0]}{path.suffix}" for family in families)
+    raise ModelLoadError(f"{start} tensors fit {len(families)} architectures: rename it to {names}, "
+                         "whichever it is")
+
+
+def _choose_gelu(path: Path, family: list[str]) -> tuple[str, bool]:
+    """An architecture recognised by its tensors, and QuickGELU, which no tensor shows: as all open_clip's
+    weights of that shape have it, else as the project's preset of that architecture, else an error."""
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
+
+    arch, uses = family[0], {}  # uses: "<arch>-<tag>" -> trained with QuickGELU
+    for name in family:
+        own = bool(open_clip.get_model_config(name).get("quick_gelu"))
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        uses.update({f"{name}-{tag}": bool(get_pretrained_cfg(name, tag).get("quick_gelu", own)) for tag in tags}
+                    or {name: own})
+    if len(set(uses.values())) == 1:
+        log.info("%s: %s, told by its tensors", path.name, arch)
+        return arch, next(iter(uses.values()))
+    by_preset = {uses.get(f"{p.arch}-{p.pretrained}", False): name for name, p in PRESETS.items() if p.arch in family}
+    if len(by_preset) == 1:
+        [(quick_gelu, preset)] = by_preset.items()
+        log.info("%s: %s, told by its tensors; %s as the preset %s (the tensors cannot tell); if it holds other "
+                 "weights, name it <architecture>-<pretrained tag>%s, e.g. %s%s", path.name, arch,
+                 "QuickGELU" if quick_gelu else "GELU", preset, path.suffix, PRESETS[preset].file_stem, path.suffix)
+        return arch, quick_gelu
+    raise ModelLoadError(_gelu_unknown(path, arch, uses))
+
+
+def _gelu_unknown(path: Path, arch: str, uses: dict[str, bool]) -> str:
+    """The error for weights of an architecture trained both with and without QuickGELU: the names to give."""
+    def example(quick: bool) -> str:
+        names = sorted((n for n, q in uses.items() if q == quick), key=lambda n: ("openai" not in n, len(n), n))
+        return f"{names[0]}{path.suffix}"
+    tags = sorted(uses)
+    return (f"cannot tell the architecture of {path.name} for sure: its tensors are {arch}'s, but no tensor shows "
+            f"whether it was trained with QuickGELU, and {arch}'s weights differ in that: rename it to "
+            f"{example(True)} (QuickGELU) or {example(False)} (GELU), or another <architecture>-<pretrained tag>"
+            f"{path.suffix} after the weights it holds: {', '.join(tags[:12])}{' …' if len(tags) > 12 else ''}")
 
 
 def _read_config(config_file: Path):
@@ -243,16 +432,23 @@ def _check_config(config: dict, where: Path) -> None:
         raise ModelLoadError(f"the model config {where} is not usable: {'; '.join(problems[:5])}")
 
 
+def _hub_files(arch: str, tag: str) -> tuple[str, list[str]]:
+    """The Hugging Face repo of a pretrained tag's weights ("" if none) and the file names to look for there."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    hub = get_pretrained_cfg(arch, tag).get("hf_hub", "")
+    repo_id, filename = (hub.rsplit("/", 1) + [""])[:2] if hub else ("", "")
+    # open_clip prefers a safetensors twin of a pickle, and so do we (no code runs when it loads)
+    return repo_id, [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+
+
 def _tag_weights(arch: str, tag: str, watcher: Watcher | None = None) -> Path:
     """Local path of a pretrained tag's weights; downloads when online (sized, watched, cancellable),
     a clear error naming the file to save and where when offline or when the download fails."""
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
     cfg = get_pretrained_cfg(arch, tag)
-    hub = cfg.get("hf_hub", "")
-    repo_id, filename = (hub.rsplit("/", 1) + [""])[:2] if hub else ("", "")
-    # open_clip prefers a safetensors twin of a pickle, and so do we (no code runs when it loads)
-    candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    repo_id, candidates = _hub_files(arch, tag)
     if repo_id:
         from huggingface_hub import try_to_load_from_cache
         for candidate in candidates:
@@ -260,9 +456,11 @@ def _tag_weights(arch: str, tag: str, watcher: Watcher | None = None) -> Path:
             if isinstance(cached, str):
                 return Path(cached)
     where = f"the Hugging Face repo {repo_id} ({' or '.join(candidates)})" if repo_id else cfg.get("url", "its URL")
+    preset = preset_of_weights(arch, tag)
+    size = f" (about {size_text(preset.download_bytes)})" if preset is not None and preset.download_bytes else ""
     if hub_offline():
         raise WeightsNotAvailableError(
-            f"the weights of {arch} / {tag} are not on this machine and HF_HUB_OFFLINE is set. "
+            f"the weights of {arch} / {tag}{size} are not on this machine and HF_HUB_OFFLINE is set. "
             f"Get them from {where}, then either unset HF_HUB_OFFLINE to let them download into the "
             f"Hugging Face cache, or {save_hint(arch, tag)}.")
     if repo_id:

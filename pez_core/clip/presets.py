@@ -14,6 +14,7 @@ class Preset:
     arch: str
     pretrained: str
     serves: str
+    download_bytes: int = 0         # its weights file on the hub, about (fp32: 4 bytes a parameter); 0: unknown
 
     @property
     def file_stem(self) -> str:
@@ -22,10 +23,11 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "ViT-L-14 · openai": Preset("ViT-L-14", "openai", "SD 1.x, SDXL's CLIP-L, Flux"),
-    "ViT-H-14 · laion2b_s32b_b79k": Preset("ViT-H-14", "laion2b_s32b_b79k", "SD 2.x"),
-    "ViT-bigG-14 · laion2b_s39b_b160k": Preset("ViT-bigG-14", "laion2b_s39b_b160k", "SDXL's G encoder"),
-    "ViT-B-32 · laion2b_s34b_b79k": Preset("ViT-B-32", "laion2b_s34b_b79k", "fast, for drafts"),
+    "ViT-L-14 · openai": Preset("ViT-L-14", "openai", "SD 1.x, SDXL's CLIP-L, Flux", 1_710_000_000),
+    "ViT-H-14 · laion2b_s32b_b79k": Preset("ViT-H-14", "laion2b_s32b_b79k", "SD 2.x", 3_940_000_000),
+    "ViT-bigG-14 · laion2b_s39b_b160k": Preset("ViT-bigG-14", "laion2b_s39b_b160k", "SDXL's G encoder",
+                                               10_160_000_000),
+    "ViT-B-32 · laion2b_s34b_b79k": Preset("ViT-B-32", "laion2b_s34b_b79k", "fast, for drafts", 605_000_000),
 }
 DEFAULT_MODEL = "ViT-L-14 · openai"
 
@@ -43,6 +45,11 @@ JOINT_PRESETS: dict[str, JointPreset] = {
         ("ViT-L-14 · openai", "ViT-bigG-14 · laion2b_s39b_b160k"), (1.0, 1.0),
         "SDXL's two encoders (also SD3's two CLIPs)"),
 }
+
+
+def preset_of_weights(arch: str, tag: str) -> Preset | None:
+    """The preset of an architecture and pretrained tag, or None."""
+    return next((p for p in PRESETS.values() if (p.arch, p.pretrained) == (arch, tag)), None)
 
 
 def preset_of_file(filename: str) -> str | None:

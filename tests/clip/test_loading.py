@@ -193,3 +193,142 @@ def test_cancel_while_loading_a_model_is_seen_between_its_steps(tmp_path, interr
         with pytest.raises(Cancelled):
             pez_core.load_model(str(path), device="cpu")
         assert not pez_core.cached_models()  # nothing half-built is kept
+
+
+# --- a checkpoint whose name says nothing: its architecture from its tensors ----------------------------------
+
+def _layout_shapes(arch: str) -> dict[str, tuple]:
+    """The shapes by which an open_clip architecture's tensors show it, from its config (no model built)."""
+    import open_clip
+
+    config = open_clip.get_model_config(arch)
+    vision, text, embed = config["vision_cfg"], config["text_cfg"], config["embed_dim"]
+    grid = vision["image_size"] // vision["patch_size"]
+    shapes = {"visual.conv1.weight": (vision["width"], 3, vision["patch_size"], vision["patch_size"]),
+              "visual.positional_embedding": (grid * grid + 1, vision["width"]),
+              "visual.proj": (vision["width"], embed),
+              "token_embedding.weight": (text.get("vocab_size", 49408), text["width"]),
+              "positional_embedding": (text.get("context_length", 77), text["width"]),
+              "text_projection": (text["width"], embed)}
+    shapes.update({f"visual.transformer.resblocks.{i}.ln_1.weight": (vision["width"],) for i in range(vision["layers"])})
+    shapes.update({f"transformer.resblocks.{i}.ln_1.weight": (text["width"],) for i in range(text["layers"])})
+    return shapes
+
+
+def _header_only_checkpoint(path, shapes: dict[str, tuple]):
+    """A safetensors file of these shapes whose data is a hole (a sparse file): only its header is ever read."""
+    import math
+    import struct
+
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + 4 * math.prod(shape)]}
+        offset += 4 * math.prod(shape)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+    return path
+
+
+def test_open_clip_weights_under_the_downloads_name_load_by_their_tensors(tmp_path, caplog):
+    """ComfyUI's missing-models dialog saves weights as open_clip_model.safetensors: no architecture in the name."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    clip = open_clip.create_model("ViT-B-32")
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
+    del clip
+    with caplog.at_level(logging.INFO, logger="pez_core.clip.loading"):
+        model = pez_core.load_model(str(path), device="cpu")
+    assert "open_clip_model.safetensors: ViT-B-32, told by its tensors" in caplog.text
+    assert "GELU as the preset ViT-B-32 · laion2b_s34b_b79k" in caplog.text  # the preset of ViT-B-32: no QuickGELU
+    assert model.image_size == 224 and model.text_width == 512 and model.text_layers == 12
+    assert model.clip.visual.conv1.weight.shape == (768, 3, 32, 32)
+    assert type(model.clip.transformer.resblocks[0].mlp.gelu) is torch.nn.GELU
+
+
+def test_the_openai_clip_l_by_its_tensors_takes_quickgelu_from_its_preset(tmp_path, caplog):
+    path = _header_only_checkpoint(tmp_path / "open_clip_model.safetensors", _layout_shapes("ViT-L-14"))
+    with caplog.at_level(logging.INFO, logger="pez_core.clip.loading"):
+        source = models._from_checkpoint(path)
+    assert (source.arch, source.quick_gelu, source.weights) == ("ViT-L-14", True, path)
+    assert "QuickGELU as the preset ViT-L-14 · openai" in caplog.text and "ViT-L-14-openai.safetensors" in caplog.text
+    other = _header_only_checkpoint(tmp_path / "weights.safetensors", _layout_shapes("ViT-L-14-336"))
+    assert models._from_checkpoint(other).arch == "ViT-L-14-336"  # its image size tells it apart
+
+
+def test_a_name_with_a_pretrained_tag_says_quickgelu(tmp_path):
+    shapes = _layout_shapes("ViT-B-16")
+    assert models._from_checkpoint(_header_only_checkpoint(tmp_path / "ViT-B-16-openai.safetensors", shapes)).quick_gelu
+    plain = models._from_checkpoint(_header_only_checkpoint(tmp_path / "ViT-B-16-laion2b_s34b_b88k.safetensors", shapes))
+    assert (plain.arch, plain.quick_gelu) == ("ViT-B-16", False)
+
+
+def test_weights_trained_with_and_without_quickgelu_are_renamed(tmp_path):
+    """ViT-B-16: OpenAI's weights use QuickGELU, LAION's do not, and no preset says which this file is."""
+    path = _header_only_checkpoint(tmp_path / "open_clip_model.safetensors", _layout_shapes("ViT-B-16"))
+    with pytest.raises(ModelLoadError) as error:
+        pez_core.load_model(str(path), device="cpu")
+    message = str(error.value)
+    assert "its tensors are ViT-B-16's" in message and "QuickGELU" in message
+    assert "rename it to ViT-B-16-openai.safetensors (QuickGELU) or ViT-B-16-" in message
+
+
+def test_tensors_that_fit_two_architectures_are_renamed(tmp_path, monkeypatch):
+    import open_clip
+
+    config = open_clip.get_model_config("ViT-S-16")
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "ViT-S-16-twin", {**config, "text_cfg": {
+        **config["text_cfg"], "pool_type": "last"}})  # other pooling: the same shapes
+    monkeypatch.setattr(models, "_open_clip_layouts", models._open_clip_layouts.__wrapped__)  # not cached
+    path = _header_only_checkpoint(tmp_path / "open_clip_model.safetensors", _layout_shapes("ViT-S-16"))
+    with pytest.raises(ModelLoadError, match="fit 2 architectures: rename it to ViT-S-16.safetensors or "
+                                             "ViT-S-16-twin.safetensors, whichever it is"):
+        pez_core.load_model(str(path), device="cpu")
+
+
+def test_tensors_of_no_open_clip_architecture_say_what_to_do(tmp_path):
+    path = write_tiny_checkpoint(tmp_path, "open_clip_model")
+    path.with_suffix(".json").unlink()
+    with pytest.raises(ModelLoadError) as error:
+        pez_core.load_model(str(path), device="cpu")
+    message = str(error.value)
+    assert "cannot tell the architecture of open_clip_model.safetensors" in message
+    assert "fit none of open_clip's architectures" in message and "width 16, 2 layers" in message
+    assert "open_clip_model.json beside it" in message and "ViT-L-14-openai.safetensors" in message
+    text_encoder = _header_only_checkpoint(tmp_path / "clip_l.safetensors", {
+        "text_model.embeddings.token_embedding.weight": (49408, 768)})  # a transformers / ComfyUI text encoder
+    with pytest.raises(ModelLoadError, match="clip_l.safetensors: .*not an open_clip CLIP's.*clip_l.json beside it"):
+        pez_core.load_model(str(text_encoder), device="cpu")
+
+
+SDXL = "SDXL (ViT-L-14 · openai + ViT-bigG-14 · laion2b_s39b_b160k)"
+
+
+def test_a_model_of_several_files_names_every_missing_file_with_its_size(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotAvailableError) as error:
+        pez_core.load_model(SDXL, device="cpu")
+    message = str(error.value)
+    assert f"{SDXL} needs 2 weights files that are not on this machine (about 11.87 GB in all)" in message
+    assert "ViT-L-14 / openai: ViT-L-14-openai.safetensors (about 1.71 GB, from https://" in message
+    assert ("ViT-bigG-14 / laion2b_s39b_b160k: ViT-bigG-14-laion2b_s39b_b160k.safetensors (about 10.16 GB, from "
+            "https://huggingface.co/laion/CLIP-ViT-bigG-14-laion2B-39B-b160k/") in message
+    assert "models/pez" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_a_model_of_several_files_names_only_the_missing_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    saved = str(write_tiny_checkpoint(tmp_path, "ViT-L-14-openai-saved"))
+    locate = {"ViT-L-14 · openai": saved}
+    with pytest.raises(WeightsNotAvailableError) as error:
+        pez_core.load_model(SDXL, device="cpu", locate=lambda name: locate.get(name, name))
+    message = str(error.value)
+    assert "the weights of ViT-bigG-14 / laion2b_s39b_b160k (about 10.16 GB) are not on this machine" in message
+    assert "ViT-L-14" not in message
+    assert "models/pez/ViT-bigG-14-laion2b_s39b_b160k.safetensors (ComfyUI: PEZ Load Model's model widget" in message
+    assert "pass its path as pretrained (load_model's argument, the CLI's --pretrained)" in message
