@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,9 +44,11 @@ def combo_options(spec: list[Any]) -> list[Any]:
 
 
 def assert_text_ui(ui: dict[str, Any], n: int) -> None:
-    """The UI contract of the text-producing nodes: one string and one float per prompt."""
-    assert set(ui) == {"text", "pez_similarity"}, ui
-    assert len(ui["text"]) == len(ui["pez_similarity"]) == n
+    """The UI contract of the text-producing nodes: one string and one float per prompt, and where each
+    optimisation ended (a node that learns a prompt)."""
+    assert {"text", "pez_similarity"} <= set(ui) <= {"text", "pez_similarity", "pez_ended"}, ui
+    assert len(ui["text"]) == len(ui["pez_similarity"]) == len(ui.get("pez_ended", ui["text"])) == n
+    assert all(re.fullmatch(r"\d+ steps(, then polishing)?|stopped .*", e) for e in ui.get("pez_ended", [])), ui
     assert all(isinstance(t, str) and t.strip() for t in ui["text"])
     assert all(isinstance(s, float) and -1.0 <= s <= 1.0 for s in ui["pez_similarity"])
 
