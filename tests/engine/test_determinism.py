@@ -109,6 +109,28 @@ def test_a_readable_prompt_is_the_same_quiet_and_busy() -> None:
     assert json.loads(busy) | {"seconds": 0} == json.loads(quiet) | {"seconds": 0}
 
 
+CAPTION_RUN = """
+import json, sys
+import numpy as np
+import pez_core
+model = pez_core.load_model("shapes-demo", device="cpu")
+images = list(np.random.default_rng(2).random((3, 32, 32, 3)))
+def progress(p):
+    if p.stage == "polishing":
+        print("polishing", file=sys.stderr, flush=True)
+config = pez_core.PezConfig(prompt_len=4, steps=30, seed=3, batch_invariant=True, template="a photo of {}")
+results = pez_core.invert(model, images, config, callback=progress)
+print(json.dumps([[r.prompt, r.token_ids, r.similarity, r.unpolished_prompt, r.perplexity] for r in results]))
+"""
+
+
+def test_a_caption_jobs_prompts_are_the_same_quiet_and_busy() -> None:
+    """What a caption job runs: batch-invariant, with a template and the demo's fluency prior (one prior per
+    image, padded lanes, polishing one image at a time, per-image kick budgets)."""
+    quiet, busy = quiet_then_busy([sys.executable, "-c", CAPTION_RUN])
+    assert len(json.loads(quiet)) == 3 and json.loads(busy) == json.loads(quiet)
+
+
 def test_comfyui_gives_the_same_prompt_quiet_and_busy(comfy_server: ComfyServer) -> None:
     def graph(seed: int) -> dict:
         return {"m": {"class_type": "PEZ_LoadModel", "inputs": {"model": TINY_MODEL, "precision": "auto",
