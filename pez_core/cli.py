@@ -305,9 +305,12 @@ def _run_caption(args: argparse.Namespace) -> dict:
                                      webdataset=args.input_format == "webdataset", gpu=args.device != "cpu",
                                      progress=bar)
         elif args.input_format == "webdataset":
-            from .dataset.shards import caption_shards
+            from .dataset.shards import caption_shards, plan_shards
+            plan_shards(args.paths, options)  # bad input is refused before the model loads (seconds)
             summary = caption_shards(_load_models(args), args.paths, config, options, progress=bar)
         else:
+            from .dataset.job import plan
+            plan(args.paths, options)  # bad input is refused before the model loads (seconds)
             summary = caption_images(_load_models(args), args.paths, config, options, progress=bar)
     finally:
         bar.close()

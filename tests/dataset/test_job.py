@@ -143,3 +143,11 @@ def test_a_template_frames_each_caption_inside_the_prefix(demo, tmp_path):
     [row] = manifest_rows(manifest)
     assert row["prompt"] == f"a star, {row['learned_prompt']}"
     assert (tmp_path / "img0.txt").read_text() == f"sks, {row['prompt']}\n"
+
+
+def test_the_cli_refuses_an_empty_folder_before_it_loads_a_model(tmp_path):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "pez_core", "caption", str(tmp_path), "--model", "no-such-model"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "no images in" in done.stderr and "no-such-model" not in done.stderr
