@@ -236,10 +236,10 @@ def retold(item: io.Input, tooltip: str) -> io.Input:
 
 def optional_inputs() -> list[io.Input]:
     """The Invert node's optional inputs; the time budget and the target end a whole batch here."""
-    told = {"time_budget": "Seconds for each batch, polishing included. 0 = no limit (steps decide). With a limit, a "
-                           "caption depends on the machine's speed and on the images it was batched with.",
-            "target_similarity": "Ends a batch once every prompt in it reaches this similarity. 0 = no target. With one, a "
-                                 "caption depends on the images it was batched with."}
+    told = {"time_budget": "Seconds for each batch. With a limit, a caption depends on the machine's speed and on "
+                           "the images it was batched with.",
+            "target_similarity": "Ends a batch once every prompt in it reaches this similarity. With one, a caption "
+                                 "depends on the images it was batched with."}
     stopping = [retold(item, told[item.id]) if item.id in told else item for item in stopping_inputs()]
     return [blocklist_input(), *negative_inputs(), *stopping, *readability_inputs(), template_input()]
 

@@ -17,7 +17,7 @@ from .. import pez_core
 from .config import check_choice
 from .progress import BAR_EVERY_S
 from .schema import CATEGORY, PezModelType, search_aliases
-from .server import send_node_text
+from .server import prompt_server, send_node_text
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,53 @@ def model_options() -> list[str]:
 
 
 def _local_preset_file(name: str) -> str | None:
-    """A preset's weights saved in the pez folder as <arch>-<tag>.<suffix> (what the offline error asks for)."""
-    stem = pez_core.PRESETS[name].file_stem
-    for file in checkpoint_files():
-        if Path(file).stem == stem:
+    """A preset's weights in the pez folder: saved as <arch>-<tag>.<suffix> (what the offline error asks for), or
+    under another name with the preset's architecture in its tensors (a browser names the download after its
+    URL, e.g. open_clip_model.safetensors). Two such files and none named after the preset: an error."""
+    preset, files = pez_core.PRESETS[name], checkpoint_files()
+    for file in files:
+        if Path(file).stem == preset.file_stem:
             return folder_paths.get_full_path_or_raise(FOLDER, file)
+    paths = {file: folder_paths.get_full_path_or_raise(FOLDER, file) for file in files}
+    found = [file for file, path in paths.items() if pez_core.preset_of_checkpoint(path) == name]
+    if len(found) > 1:
+        raise pez_core.PezError(
+            f"{', '.join(found)} in the pez model folder all hold {preset.arch} weights, so which is {name} is "
+            f"unclear: rename that one to {preset.file_stem}{Path(found[0]).suffix}")
+    if found:
+        log.info("PEZ: %s holds %s weights: using it for %s", found[0], preset.arch, name)
+        return paths[found[0]]
     return None
+
+
+def _present(name: str) -> bool:
+    """Whether a preset (each part of a joint one) loads without a download."""
+    parts = pez_core.JOINT_PRESETS[name].parts if name in pez_core.JOINT_PRESETS else (name,)
+    try:
+        return all(_local_preset_file(part) or pez_core.preset_is_cached(part) for part in parts)
+    except pez_core.PezError:  # ambiguous files: loading says which to rename
+        return False
+
+
+def option_labels() -> dict[str, str]:
+    """What the model dropdown shows for each value (web/js/pez.js reads them from ROUTE): whether a preset
+    is here or how much it downloads, and which entry is a toy."""
+    labels = {}
+    for name in [*pez_core.PRESETS, *pez_core.JOINT_PRESETS]:
+        parts = pez_core.JOINT_PRESETS[name].parts if name in pez_core.JOINT_PRESETS else (name,)
+        size = sum(pez_core.PRESETS[part].download_bytes for part in parts)
+        labels[name] = f"{name} · downloaded" if _present(name) else f"{name} · download {size / 1e9:.1f} GB"
+    for name in pez_core.bundled_models():
+        labels[name] = f"{name} · toy demo, offline"
+    return labels
+
+
+def default_model() -> str:
+    """The preset most diffusion models read prompts with when it is here, else the offline demo: a new node
+    runs as added."""
+    if pez_core.DEFAULT_MODEL in model_options() and _present(pez_core.DEFAULT_MODEL):
+        return pez_core.DEFAULT_MODEL
+    return next(iter(pez_core.bundled_models()), pez_core.DEFAULT_MODEL)
 
 
 def resolve(name: str) -> str:
@@ -147,7 +188,7 @@ class LoadModel(io.ComfyNode):
             description="Load an OpenCLIP model for the PEZ nodes. Learn prompts with the CLIP your diffusion "
                         "model reads them with.",
             inputs=[
-                io.Combo.Input("model", options=model_options(), default=pez_core.DEFAULT_MODEL, tooltip=(
+                io.Combo.Input("model", options=model_options(), default=default_model(), tooltip=(
                     f"Which CLIP to learn prompts for — {serves}. Presets download once into the Hugging Face "
                     f"cache; offline, save the weights as <arch>-<tag>.safetensors (e.g. "
                     f"ViT-L-14-openai.safetensors) in models/pez. Bundled models work offline. Checkpoints "
@@ -195,3 +236,22 @@ class LoadModel(io.ComfyNode):
             raise pez_core.WeightsNotAvailableError(f"{e}{where}") from None
         log.info("PEZ Load Model: %s", loaded)
         return io.NodeOutput(loaded)
+
+
+ROUTE = "/pez/model_labels"
+
+
+def register_routes() -> None:
+    """GET ROUTE: the model dropdown's labels, asked again when the browser refreshes its node list."""
+    server = prompt_server()
+    if server is None or getattr(server, "routes", None) is None:
+        return
+    from aiohttp import web
+
+    async def labels(request: web.Request) -> web.Response:
+        return web.json_response(option_labels())
+
+    server.routes.get(ROUTE)(labels)
+
+
+register_routes()

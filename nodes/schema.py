@@ -87,9 +87,9 @@ def steps_input() -> io.Input:
 
 def restarts_input() -> io.Input:
     auto = DEFAULTS.for_device(torch.device("cuda")).restarts, DEFAULTS.for_device(torch.device("cpu")).restarts
-    return io.Int.Input("restarts", default=0, min=0, max=pez_core.MAX_RESTARTS, tooltip=(
-        f"Random starts optimised side by side; the best wins. 0 = auto ({auto[0]} on a GPU, {auto[1]} on the "
-        "CPU). More restarts find better prompts and cost memory and time."))
+    return io.Int.Input("restarts", display_name="restarts (0 = auto)", default=0, min=0, max=pez_core.MAX_RESTARTS,
+                        tooltip=(f"Random starts tried side by side; the best wins. auto: {auto[0]} on a GPU, "
+                                 f"{auto[1]} on the CPU. More find better prompts and take longer."))
 
 
 def learning_rate_input() -> io.Input:
@@ -134,17 +134,16 @@ def stopping_inputs() -> list[io.Input]:
     return [
         io.Combo.Input("polish", options=list(pez_core.POLISH_MODES), default=DEFAULTS.polish, optional=True,
                        tooltip=(
-            "After the PEZ steps. swap+prune (default: named the object best at 3000 steps in our "
-            "measurements, with fewer words than swap) tries gradient-ranked token swaps (also after "
-            "trying another word at each position in turn, kept only when better), then drops tokens costing at most "
-            f"{pez_core.PRUNE_BUDGET:.0%} of the similarity in all; swap: swaps only; prune: drops only "
-            "tokens that do not pay; off: PEZ's prompt as it is. Never scores below PEZ's own prompt.")),
-        io.Float.Input("time_budget", default=0.0, min=0.0, max=TIME_BUDGET_MAX, step=1.0, optional=True, tooltip=(
-            "Seconds for the whole run, polishing included; by then the node returns its best prompt. "
-            "0 = no limit (steps decide). With a limit, the prompt depends on the machine's speed; "
-            "without one, a fixed seed always gives the same prompt.")),
-        io.Float.Input("target_similarity", default=0.0, min=0.0, max=1.0, step=0.01, round=0.001, optional=True,
-                       tooltip="Stop as soon as the prompt reaches this similarity. 0 = no target."),
+            "After the steps, tidy the prompt. swap+prune: try better words, then drop words that barely help "
+            "(the best in our tests). swap or prune: one of the two. off: keep the prompt as found. "
+            "Never makes the prompt score lower.")),
+        io.Float.Input("time_budget", display_name="time limit, s (0 = none)", default=0.0, min=0.0,
+                       max=TIME_BUDGET_MAX, step=1.0, optional=True, tooltip=(
+            "Seconds for the whole run; then the node returns its best prompt. With a limit, the prompt depends "
+            "on the machine's speed; without one, the same seed always gives the same prompt.")),
+        io.Float.Input("target_similarity", display_name="stop at similarity (0 = off)", default=0.0, min=0.0,
+                       max=1.0, step=0.01, round=0.001, optional=True,
+                       tooltip="Stop as soon as the prompt reaches this similarity."),
     ]
 
 
@@ -162,14 +161,11 @@ def readability_inputs() -> list[io.Input]:
     """The fluency prior: optional, after every older input."""
     return [
         io.Combo.Input("readability", options=list(READABILITY), default="auto", optional=True, tooltip=(
-            "Prompts that read like text: a language model judges every candidate of polishing and proposes "
-            "likely next words. on: with shapes-demo the bundled caption model (offline, under 2 MB); with "
-            f"other CLIPs {pez_core.DEFAULT_FLUENCY_MODEL} (124M parameters, downloads 0.55 GB once). It trades "
-            "some similarity for readability and costs time: on the demo model, 0.72 instead of 0.77 and 1.1x "
-            "to 1.3x the time per prompt (the pack's README, 'Readable prompts'). auto: on where measured to "
-            "pay (the demo model), off elsewhere.")),
-        io.Float.Input("fluency", default=0.0, min=0.0, max=pez_core.FLUENCY_MAX, step=0.05, round=0.001,
-                       optional=True, tooltip=(
-            f"Advanced: how much readability counts when it is on. 0 = the measured default "
-            f"({pez_core.READABLE_FLUENCY}); higher reads better and matches the image less.")),
+            "Prompts that read like text: a language model picks among the candidate words. It costs a little "
+            "similarity and time (the README, 'Readable prompts'). auto: on for the demo model, off elsewhere. "
+            f"on, with a real CLIP: downloads {pez_core.DEFAULT_FLUENCY_MODEL} (0.55 GB) once.")),
+        io.Float.Input("fluency", display_name="fluency (0 = default)", default=0.0, min=0.0,
+                       max=pez_core.FLUENCY_MAX, step=0.05, round=0.001, optional=True, tooltip=(
+            f"Advanced: how much readability counts when it is on (default {pez_core.READABLE_FLUENCY}). "
+            "Higher reads better and matches the image less.")),
     ]

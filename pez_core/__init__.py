@@ -21,7 +21,8 @@ _HOMES = {
                       "load_model", "optimize", "score", "score_each", "style",
                       # what the ComfyUI nodes need besides
                       "CHECKPOINT_SUFFIXES", "DEFAULT_MODEL", "bundled_models", "cached_models", "clip_tokenizer",
-                      "joint_members", "preset_of_file", "DEFAULT_FLUENCY_MODEL"),
+                      "joint_members", "preset_of_file", "preset_of_checkpoint", "preset_is_cached",
+                      "DEFAULT_FLUENCY_MODEL"),
     ".common.errors": ("ModelLoadError", "PezError", "WeightsNotAvailableError"),
     ".common.limits": ("check_text", "set_interrupt_check"),
     ".engine.prior": ("FLUENCY_MAX", "READABLE_FLUENCY", "TextPrior"),
@@ -58,7 +59,8 @@ __all__ = [
     "check_text", "clear_cache", "distill", "invert", "load_model", "optimize", "polish_prompts", "score",
     "search", "set_interrupt_check", "style",
     "CHECKPOINT_SUFFIXES", "DEFAULT_MODEL", "PRUNE_BUDGET", "bundled_models", "cached_models", "clip_tokenizer",
-    "joint_members", "preset_of_file", "DEFAULT_FLUENCY_MODEL", "FLUENCY_MAX", "FLUENCY_PRESETS", "LmPrior",
+    "joint_members", "preset_of_file", "preset_of_checkpoint", "preset_is_cached",
+    "DEFAULT_FLUENCY_MODEL", "FLUENCY_MAX", "FLUENCY_PRESETS", "LmPrior",
     "READABLE_FLUENCY", "TextPrior", "load_prior", "Template", "join_prompts",
 ]
 __version__ = "0.1.0"

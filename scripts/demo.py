@@ -23,7 +23,7 @@ from comfy_harness import COMFY_DIR, DEFAULT_PYTHON, PACK_NAME, ComfyServer, wor
 from example_inputs import write_caption_demo  # noqa: E402
 from paths import SAMPLES  # noqa: E402
 
-WORKFLOW = ROOT / "example_workflows" / "5 Image to prompt on the CPU.json"
+WORKFLOW = ROOT / "example_workflows" / "PEZ 1 · Image to prompt on the CPU (offline, no downloads).json"
 SAMPLE = ROOT / "assets" / "pez-demo-shape.png"
 SERVE_HOME = ROOT / ".comfyui-home"
 

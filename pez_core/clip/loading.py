@@ -442,12 +442,8 @@ def _hub_files(arch: str, tag: str) -> tuple[str, list[str]]:
     return repo_id, [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
 
 
-def _tag_weights(arch: str, tag: str, watcher: Watcher | None = None) -> Path:
-    """Local path of a pretrained tag's weights; downloads when online (sized, watched, cancellable),
-    a clear error naming the file to save and where when offline or when the download fails."""
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(arch, tag)
+def _cached_tag_weights(arch: str, tag: str) -> Path | None:
+    """A pretrained tag's weights in the Hugging Face cache, or None (no network: the cache only)."""
     repo_id, candidates = _hub_files(arch, tag)
     if repo_id:
         from huggingface_hub import try_to_load_from_cache
@@ -455,6 +451,40 @@ def _tag_weights(arch: str, tag: str, watcher: Watcher | None = None) -> Path:
             cached = try_to_load_from_cache(repo_id, candidate)
             if isinstance(cached, str):
                 return Path(cached)
+    return None
+
+
+def preset_is_cached(name: str) -> bool:
+    """Whether a preset (every part of a joint one) can load from the Hugging Face cache without a download."""
+    parts = JOINT_PRESETS[name].parts if name in JOINT_PRESETS else (name,)
+    return all(_cached_tag_weights(PRESETS[p].arch, PRESETS[p].pretrained) is not None for p in parts)
+
+
+def preset_of_checkpoint(path: str | Path) -> str | None:
+    """The preset whose architecture a checkpoint's tensors show, whatever the file is called (a browser saves
+    a preset's weights under the URL's name, e.g. open_clip_model.safetensors), or None. Reads a safetensors
+    header only; another kind of file, or one that is not a CLIP: None."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        layout = _layout_of_shapes(_checkpoint_shapes(path)[0])
+    except ModelLoadError:
+        return None
+    arches = {arch for family in _families(layout) for arch in family} if layout is not None else set()
+    return next((name for name, p in PRESETS.items() if p.arch in arches), None)
+
+
+def _tag_weights(arch: str, tag: str, watcher: Watcher | None = None) -> Path:
+    """Local path of a pretrained tag's weights; downloads when online (sized, watched, cancellable),
+    a clear error naming the file to save and where when offline or when the download fails."""
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch, tag)
+    repo_id, candidates = _hub_files(arch, tag)
+    cached = _cached_tag_weights(arch, tag)
+    if cached is not None:
+        return cached
     where = f"the Hugging Face repo {repo_id} ({' or '.join(candidates)})" if repo_id else cfg.get("url", "its URL")
     preset = preset_of_weights(arch, tag)
     size = f" (about {size_text(preset.download_bytes)})" if preset is not None and preset.download_bytes else ""

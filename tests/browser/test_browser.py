@@ -35,12 +35,14 @@ import pytest
 from example_inputs import write_caption_demo
 from helpers import PEZ_DISPLAY_NAMES as PEZ_NODES
 from helpers import TINY_MODEL
+import thumbnails
 from paths import REPO_ROOT, SAMPLES
 
 log = logging.getLogger(__name__)
 
 WEB_JS = REPO_ROOT / "web" / "js" / "pez.js"
 EXAMPLES = REPO_ROOT / "example_workflows"
+IMAGE_TO_IMAGE = "PEZ 3 · Image to prompt to image (1.7 GB CLIP, SD 1.5 checkpoint)"  # asks for ViT-L-14 and SD 1.5
 ARTIFACTS = REPO_ROOT / "artifacts" / "browser"
 README_SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
 LIVE_PROGRESS_SCREENSHOT = REPO_ROOT / "docs" / "live-progress.png"
@@ -281,6 +283,133 @@ def test_nodes_found_in_search_box(browser: Browser) -> None:
         )
         b.page.wait_for_timeout(100)
     b.page.wait_for_function("(sel) => ![...document.querySelectorAll(sel)].some((e) => e.offsetParent)", arg=SEARCH_INPUT)
+
+
+def search_box_options(b: Browser, query: str) -> list[str]:
+    """What the node search box (opened by a double-click on the canvas) lists for ``query``."""
+    load_graph(b, EMPTY_WORKFLOW)
+    x, y = empty_canvas_spot(b)
+    search = b.page.locator(SEARCH_INPUT).locator("visible=true").first
+    for attempt in range(3):  # a busy machine can drop a double-click
+        b.page.mouse.dblclick(x, y)
+        try:
+            search.wait_for(state="visible", timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+    search.fill(query)
+    b.page.wait_for_timeout(600)  # the list is filtered as one types
+    options = b.page.locator(SEARCH_OPTION).all_inner_texts()
+    b.page.keyboard.press("Escape")
+    return options
+
+
+def test_search_finds_nodes_by_the_words_other_tools_use(browser: Browser) -> None:
+    """The node search box finds PEZ nodes by "caption", "interrogate", "image to prompt" and "img2prompt"
+    (nodes/schema.py SEARCH_ALIASES), where ComfyUI's schema carries search aliases (0.33; 0.3.75 has no
+    such field, and its frontend, 1.32.9, searches names only)."""
+    b = browser
+    info = b.server.object_info("PEZ_InvertImage")["PEZ_InvertImage"]
+    if "search_aliases" not in info:
+        pytest.skip("this ComfyUI's node schema has no search aliases (ComfyUI 0.3.75 with frontend 1.32.9)")
+    for query, title in (("img2prompt", "PEZ Invert Image"), ("interrogate", "PEZ Invert Image"),
+                         ("image to prompt", "PEZ Invert Image"), ("caption", "PEZ Caption Folder")):
+        options = search_box_options(b, query)
+        assert any(title in option for option in options), (query, options)
+
+
+TEMPLATE_CARDS = """
+() => [...document.querySelectorAll('[data-testid="template-workflows-content"] [data-testid^="template-workflow-"]')]
+  .filter((e) => e.offsetParent && e.dataset.testid !== "template-workflow-detail")
+  .map((e) => {
+    const img = e.querySelector("img");
+    return { name: e.dataset.testid.slice("template-workflow-".length), text: e.innerText,
+             image: img && { loaded: img.complete && img.naturalWidth > 0, width: img.naturalWidth,
+                             height: img.naturalHeight } };
+  })
+"""
+PACK_DISPLAY_NAME = "PEZ Hard Prompts"  # locales/en/main.json
+
+
+def natural_order(names: list[str]) -> list[str]:
+    return sorted(names, key=lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)])
+
+
+def test_template_browser_lists_the_examples(browser: Browser) -> None:
+    """ComfyUI's template browser shows the pack under its display name with its examples in their numbered
+    order, the offline one first; each card says what the example needs and shows a square thumbnail; a search
+    for "PEZ" finds every one. The listing is kept in docs/ (PEZ_UPDATE_SCREENSHOT=1)."""
+    b = browser
+    stems = natural_order([path.stem for path in EXAMPLES.glob("*.json")])
+    dialog = b.page.get_by_role("dialog")
+    b.js("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    try:
+        dialog.get_by_text(PACK_DISPLAY_NAME, exact=True).first.click()
+        b.page.wait_for_function(f"() => ({TEMPLATE_CARDS})().filter((c) => c.image?.loaded).length === {len(stems)}",
+                                 timeout=20_000)
+        b.page.mouse.move(5, 5)
+        b.page.wait_for_timeout(500)
+        cards = b.js(TEMPLATE_CARDS)
+        version = b.js("() => window.__COMFYUI_FRONTEND_VERSION__ ?? 'unknown'")
+        keep_for_docs(b.shot("template-browser"), REPO_ROOT / "docs" / f"template-browser-{version.rsplit('.', 1)[0]}.png")
+        assert [card["name"] for card in cards] == stems, cards
+        assert "offline" in cards[0]["name"], cards[0]
+        for card, stem in zip(cards, stems):
+            _, _, needs = thumbnails.parts_of(stem)
+            assert needs in " ".join(card["text"].split()), card  # the description says what it needs
+            assert card["image"]["width"] == card["image"]["height"], card  # fills the card's square
+        search = dialog.get_by_placeholder(re.compile("Search", re.IGNORECASE)).first
+        search.fill("PEZ")
+        b.page.wait_for_timeout(1000)  # the search is debounced
+        found = [card["name"] for card in b.js(TEMPLATE_CARDS)]
+        assert set(stems) <= set(found), found
+    finally:
+        b.page.keyboard.press("Escape")
+        b.page.wait_for_timeout(300)
+
+
+MODEL_DROPDOWN = """
+async () => {
+  const app = window.app;
+  await app.loadGraphData({ last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {},
+                            extra: {}, version: 0.4 });
+  const n = LiteGraph.createNode("PEZ_LoadModel");
+  n.pos = [300, 200];
+  app.graph.add(n);
+  app.canvas.setDirty(true, true);
+  const w = n.widgets.find((w) => w.name === "model");
+  const values = typeof w.options.values === "function" ? w.options.values() : w.options.values;
+  return { id: n.id, value: w.value, labels: Object.fromEntries(values.map((v) => [v, w.options.getOptionLabel?.(v) ?? v])) };
+}
+"""
+
+
+def test_model_dropdown_marks_present_downloads_and_the_toy(browser: Browser) -> None:
+    """A new PEZ Load Model starts on a model that loads here (the demo, when the default preset is not
+    downloaded), and its dropdown says of each preset whether it is here or how much it downloads, and that
+    the demo is a toy; the saved value stays the bare name."""
+    b = browser
+    present = b.server.add_file("models/pez/ViT-B-32-laion2b_s34b_b79k.safetensors", b"not read for the label")
+    try:
+        # the user's refresh (R): node definitions and the labels are asked again
+        b.js("() => window.app.extensionManager.command.execute('Comfy.RefreshNodeDefinitions')")
+        b.page.wait_for_function(f"""async () => ((await ({MODEL_DROPDOWN})()).labels["ViT-B-32 · laion2b_s34b_b79k"]
+                                     ?? "").endsWith("downloaded")""", timeout=15_000)
+        node = b.js(MODEL_DROPDOWN)
+        labels = node["labels"]
+        assert node["value"] == MODEL, node
+        assert labels["ViT-L-14 · openai"] == "ViT-L-14 · openai · download 1.7 GB", labels
+        assert labels["ViT-B-32 · laion2b_s34b_b79k"] == "ViT-B-32 · laion2b_s34b_b79k · downloaded", labels
+        assert re.fullmatch(r"SDXL .* · download 11\.9 GB", labels[next(k for k in labels if k.startswith("SDXL"))])
+        assert labels[MODEL] == f"{MODEL} · toy demo, offline", labels
+        # what the canvas (classic) or the Nodes 2.0 select shows for the value
+        b.page.wait_for_timeout(300)
+        b.shot("model-dropdown")
+        saved = b.js("() => window.app.graph.serialize().nodes[0].widgets_values")  # the graph's one node
+        assert saved[0] == MODEL, saved
+    finally:
+        present.unlink()
 
 
 # --- one run from the UI ---------------------------------------------------------------------------
@@ -743,7 +872,6 @@ def test_stop_and_use_best_keeps_the_best_prompt(browser: Browser, finished_run:
 # the examples' saved extra.ds fits every node into it, on frontend 1.32.9 and 1.58.1.
 FREE_INSETS = {"left": 72, "top": 120, "right": 24, "bottom": 64}
 THUMB_STEPS = 60  # a real run on the demo model for the thumbnail: a few seconds
-THUMB_WIDTH = 800
 
 GRAPH_BOX = """
 () => {  // the nodes' bounding box (titles included), in graph units
@@ -913,25 +1041,50 @@ def test_example_opens_whole_then_runs_for_its_thumbnail(
                  ".filter((v) => v !== undefined)")
     assert texts and all(t and not t.startswith("running") for t in texts), texts
     shot = b.shot(f"example-{path.stem}-after-run")
+    assert shot.is_file()
     thumb = path.with_suffix(".jpg")
     if os.environ.get("PEZ_UPDATE_SCREENSHOT") == "1" or not thumb.exists():
-        from PIL import Image
-
-        with Image.open(shot) as image:
-            box = (FREE_INSETS["left"], FREE_INSETS["top"], image.width - FREE_INSETS["right"],
-                   image.height - FREE_INSETS["bottom"])  # the graph, without ComfyUI's chrome
-            crop = image.convert("RGB").crop(box)
-            crop.resize((THUMB_WIDTH, round(crop.height * THUMB_WIDTH / crop.width)), Image.LANCZOS).save(
-                thumb, "JPEG", quality=85)
+        thumbnails.save(example_card(b, path), thumb)
     resp = b.server.request("GET", f"/api/workflow_templates/{PACK}/{quote(thumb.name)}")
     assert resp.ok and resp.headers.get("Content-Type", "").startswith("image/"), (thumb.name, resp.status_code)
+
+
+RESULT_OF = """
+(type) => {  // the first line of a node's result box: its prompt
+  const n = window.app.graph.nodes.find((n) => n.type === type);
+  return n?.widgets?.find((w) => w.name === 'pez_result')?.value?.split("\\n")[0] ?? null;
+}
+"""
+
+
+def example_card(b: Browser, path: Path) -> Any:
+    """The thumbnail (tests/support/thumbnails.py) of an example that just ran on the demo model: its inputs,
+    and the prompt learned where the example itself uses the demo model, else what it outputs in words."""
+    from PIL import Image
+
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    number, _, _ = thumbnails.parts_of(path.stem)
+    widgets = {n["type"]: n.get("widgets_values", []) for n in workflow["nodes"]}
+    samples = {sample.name: sample for sample in SAMPLES}
+    images = [Image.open(samples[n["widgets_values"][0]]) for n in workflow["nodes"] if n["type"] == "LoadImage"]
+    text = widgets.get("PrimitiveStringMultiline", [""])[0]
+    on_demo = widgets.get("PEZ_LoadModel", [""])[0] == MODEL
+    if "PEZ_CaptionFolder" in widgets:
+        folder = b.server.input_dir / widgets["PEZ_CaptionFolder"][0]
+        images = [Image.open(p) for p in sorted(folder.glob("*.png"))]
+        result = ["captions it writes, e.g.", sorted(folder.glob("*.txt"))[0].read_text(encoding="utf-8").strip()]
+    elif on_demo:
+        result = ["learned prompt:", b.js(RESULT_OF, "PEZ_InvertImage")]
+    else:
+        result = thumbnails.OUTCOMES[number]
+    return thumbnails.card(path.stem, images=images, text=text, result=result)
 
 
 def test_missing_models_dialog_offers_the_clip_weights(browser: Browser) -> None:
     """On a fresh install an example's CLIP weights are offered for download into models/pez, beside the
     SD checkpoint: frontend 1.32.9 opens its "Missing Models" dialog; 1.58 lists them under "View details"."""
     b = browser
-    b.js(OPEN_TEMPLATE, [PACK, "1 Image to prompt to image"])
+    b.js(OPEN_TEMPLATE, [PACK, IMAGE_TO_IMAGE])
     if b.js("() => window.__COMFYUI_FRONTEND_VERSION__ ?? ''").startswith("1.32."):
         b.page.locator(".p-dialog").first.wait_for(timeout=10_000)
         listed = b.page.locator(".p-dialog").first.inner_text()
@@ -944,6 +1097,112 @@ def test_missing_models_dialog_offers_the_clip_weights(browser: Browser) -> None
     assert "v1-5-pruned-emaonly-fp16.safetensors" in listed, listed
     # "pez / <file>" on 1.32.9, "<file>\npez" on 1.58: the file and its folder, models/pez
     assert re.search(r"\bpez / ViT-L-14-openai\.safetensors|ViT-L-14-openai\.safetensors\s*\n\s*pez\b", listed), listed
+
+
+# The weights the dialog offers for ViT-L-14 · openai, and the name a browser saves them under (the URL's).
+HUB_URL = "https://huggingface.co/timm/vit_large_patch14_clip_224.openai/resolve/main/open_clip_model.safetensors"
+
+SET_UP_QUICK_RUN = """
+(steps) => {  // the nodes that need the SD checkpoint bypassed (none here); PEZ: few steps, no polishing
+  const g = window.app.graph, skip = new Set(g.nodes.filter((n) => n.type === "CheckpointLoaderSimple").map((n) => n.id));
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const link of g.links instanceof Map ? g.links.values() : Object.values(g.links ?? {}))
+      if (link && skip.has(link.origin_id) && !skip.has(link.target_id)) { skip.add(link.target_id); grew = true; }
+  }
+  for (const n of g.nodes) {
+    if (skip.has(n.id)) n.mode = 4;
+    for (const [name, value] of [["steps", steps], ["polish", "off"]]) {
+      const w = n.type.startsWith("PEZ_") && n.widgets?.find((w) => w.name === name);
+      if (w) w.value = value;
+    }
+  }
+}
+"""
+
+
+def random_vit_l_14(path: Path) -> Path:
+    """A ViT-L-14 checkpoint with random weights (fp16: half the disk), standing in for the Hub's file."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-L-14", pretrained=None)
+    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def click_download(b: Browser) -> Any:
+    """Click the missing-models dialog's download of the CLIP weights; the browser's Download (its file name
+    is the browser's choice). The Hub is offline here: the test answers for it with a stand-in body."""
+    downloads: list[Any] = []
+    context = b.page.context
+    def keep(download: Any) -> None:
+        downloads.append(download)
+
+    context.on("page", lambda page: page.on("download", keep))
+    b.page.on("download", keep)
+
+    def hub(route: Any) -> None:  # a file URL answers with bytes; a repo URL with its page, which links the file
+        if route.request.method == "HEAD":
+            route.fulfill(status=200, headers={"Content-Type": "application/octet-stream",
+                                               "Content-Length": "1710000000"})
+        elif "/resolve/" in route.request.url:
+            route.fulfill(status=200, headers={"Content-Type": "application/octet-stream"}, body=b"stand-in")
+        else:
+            route.fulfill(status=200, content_type="text/html", body=f'<a id="file" href="{HUB_URL}">download</a>')
+    context.route("https://huggingface.co/**", hub)
+    try:
+        if b.js("() => window.__COMFYUI_FRONTEND_VERSION__ ?? ''").startswith("1.32."):
+            row = b.page.locator(".p-dialog li[role=option]").filter(has_text="ViT-L-14-openai.safetensors")
+            button = row.get_by_role("button", name=re.compile("^Download")).first
+        else:
+            b.page.get_by_text("View details").first.click()
+            b.page.get_by_text("Missing Models").first.wait_for(timeout=10_000)
+            row = b.page.locator("div").filter(has_text="ViT-L-14-openai.safetensors").last
+            button = row.get_by_role("button", name=re.compile("Download", re.IGNORECASE)).first
+        button.wait_for(timeout=10_000)
+        b.page.wait_for_function("(e) => !e.disabled", arg=button.element_handle(), timeout=10_000)
+        button.click()
+        deadline = time.monotonic() + 30
+        while not downloads and time.monotonic() < deadline:
+            b.page.wait_for_timeout(200)
+            repo_pages = [page for page in context.pages[1:] if page.locator("#file").count()]
+            if repo_pages and not downloads:  # frontend 1.32.9 opens the repo's page when it knows the size
+                repo_pages[0].locator("#file").click()
+                b.page.wait_for_timeout(1000)
+        assert downloads, "the dialog's download started no browser download"
+        return downloads[0]
+    finally:
+        b.page.keyboard.press("Escape")
+        for page in context.pages[1:]:
+            page.close()
+        context.unroute("https://huggingface.co/**")
+
+
+def test_downloaded_clip_weights_run_as_saved(browser: Browser, tmp_path: Path) -> None:
+    """Example 3's CLIP weights, downloaded from the missing-models dialog, keep the name the browser gives
+    them (the URL's, open_clip_model.safetensors, not the ViT-L-14-openai.safetensors the dialog shows). Put into
+    models/pez as they are, the example runs: the node tells the architecture from the tensors. (The weights
+    are a random-weight ViT-L-14 written here; the Hub is offline.)"""
+    b = browser
+    b.js(OPEN_TEMPLATE, [PACK, IMAGE_TO_IMAGE])
+    download = click_download(b)
+    name = download.suggested_filename
+    assert name == HUB_URL.rsplit("/", 1)[1], name
+    placed = b.server.add_file(f"models/pez/{name}", random_vit_l_14(tmp_path / name))
+    try:
+        dismiss_dialogs(b)
+        b.js("() => window.app.extensionManager.command.execute('Comfy.RefreshNodeDefinitions')")  # the user's R
+        b.page.wait_for_timeout(1500)
+        b.js(SET_UP_QUICK_RUN, 3)
+        result = queue_and_wait(b)
+        assert result.ok, result.error
+        [invert] = [v for v in result.outputs.values() if "pez_similarity" in v]
+        assert invert["text"][0].strip(), invert
+    finally:
+        placed.unlink()
 
 
 # --- two models at once (PEZ Combine Models) -------------------------------------------------------------
@@ -1075,3 +1334,6 @@ def test_no_errors_from_the_extension(browser: Browser) -> None:
     (ARTIFACTS / "console.json").write_text(json.dumps({"console": b.console, "failed": b.failed_requests}, indent=1))
     assert not ours, ours
     assert not failed, failed
+
+
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-CAPTION_DEMO = "pez_caption_demo"  # the folder PEZ Caption Folder captions in "7 Caption a LoRA dataset folder"
+CAPTION_DEMO = "pez_caption_demo"  # the folder PEZ Caption Folder captions in example 2 ("Caption a LoRA dataset folder")
 CAPTION_DEMO_SEED = 0  # four shapes of different colours on different backgrounds
 CAPTION_DEMO_IMAGES = 4
 

@@ -41,6 +41,16 @@ const RESULT_PROPERTY = "pez_result"; // node.properties key that keeps the last
 // saves with it.
 const BUILTIN_PROGRESS_WIDGET = "$$node-text-preview";
 
+// PEZ Load Model's dropdown shows each model as present, "download N GB" or a toy; the labels come
+// from the pack's route (nodes/model.py) and are asked again when the browser refreshes its node list.
+const MODEL_NODE = "PEZ_LoadModel";
+const MODEL_WIDGET = "model";
+const MODEL_LABELS_ROUTE = "/pez/model_labels";
+let modelLabels = {};
+// The examples' names: "PEZ <n> · <what> (<what it needs>)". The server files them under the pack's
+// folder name, which this file's URL does not tell (it is served under the project's name).
+const EXAMPLE_NAME = /^PEZ \d+ · /;
+
 const THROTTLE_MS = 250; // at most 4 progress redraws per second and node
 // A pez.progress this soon after a result belongs to the finished run (it came late); a later one
 // starts a new run.
@@ -507,6 +517,40 @@ function fixSeed(node) {
   if (control) control.value = SEED_CONTROL_DEFAULT;
 }
 
+// -- the model dropdown and the template browser ------------------------------------------------
+
+async function loadModelLabels() {
+  try {
+    const response = await api.fetchApi(MODEL_LABELS_ROUTE, { cache: "no-store" });
+    if (response.ok) modelLabels = await response.json();
+  } catch (err) {
+    console.warn(TAG, "model labels not loaded", err);
+  }
+  app.graph?.setDirtyCanvas?.(true, true);
+}
+
+/** The model widget shows labels; its value (saved in workflows) stays the bare name. */
+function labelModels(node) {
+  const widget = node.widgets?.find((w) => w?.name === MODEL_WIDGET);
+  if (widget?.options) widget.options.getOptionLabel = (value) => modelLabels[value] ?? value;
+}
+
+/** The server lists a pack's examples in file-system order; the template browser shows them in that
+ * order, so ours are put in their numbered order ("PEZ 1 · …" first, the offline one). */
+function orderExamples() {
+  const original = api.getWorkflowTemplates;
+  if (typeof original !== "function") return;
+  api.getWorkflowTemplates = async function (...args) {
+    const byPack = await original.apply(this, args);
+    for (const [pack, names] of Object.entries(byPack ?? {})) {
+      if (Array.isArray(names) && names.some((name) => EXAMPLE_NAME.test(name))) {
+        byPack[pack] = [...names].sort((a, b) => a.localeCompare(b, "en", { numeric: true }));
+      }
+    }
+    return byPack;
+  };
+}
+
 // -- registration --------------------------------------------------------------------------
 
 /** Run `fn` after the original `proto[name]` (if any); an error in `fn` is logged, not thrown. */
@@ -539,15 +583,25 @@ const extension = {
 
   setup() {
     injectStyle();
+    loadModelLabels();
     api.addEventListener("pez.progress", guarded("pez.progress", onPezProgress));
     api.addEventListener("progress_text", guarded("progress_text", onBuiltinProgressText));
     api.addEventListener("execution_interrupted", guarded("execution_interrupted", onRunEnded));
     api.addEventListener("execution_error", guarded("execution_error", onRunEnded));
   },
 
+  async refreshComboInNodes() {
+    await loadModelLabels();
+  },
+
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (!isPezNodeDef(nodeData)) return;
     const proto = nodeType.prototype;
+    if (nodeData.name === MODEL_NODE) {
+      chain(proto, "onNodeCreated", function () {
+        labelModels(this);
+      });
+    }
     proto[PEZ_NODE] = true;
     proto[OPTIMISES] = !!(nodeData.input?.required?.steps ?? nodeData.input?.optional?.steps);
     const eager = showsText(nodeData);
@@ -588,5 +642,6 @@ const extension = {
 const LOADED = Symbol.for("pez.hardprompts.loaded");
 if (!globalThis[LOADED]) {
   globalThis[LOADED] = true;
+  orderExamples(); // now: the frontend may list the templates before extensions' setup runs
   app.registerExtension(extension);
 }
