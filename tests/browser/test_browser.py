@@ -1312,6 +1312,81 @@ def test_result_box_shows_its_lines_in_nodes_2(browser: Browser) -> None:
         b.page.wait_for_timeout(500)
 
 
+VUE_NODES_OVERLAPPING = """
+() => {  // Nodes 2.0 draws each node as an element: pairs whose boxes (on screen, title included) overlap
+  const boxes = [...document.querySelectorAll("[data-node-id]")].filter((e) => e.offsetParent)
+    .map((e) => ({ id: e.dataset.nodeId, r: e.getBoundingClientRect() }));
+  const bad = [], box = (r) => `[${[r.left, r.top, r.right, r.bottom].map(Math.round)}]`;
+  for (const [i, a] of boxes.entries()) for (const c of boxes.slice(i + 1)) {
+    const [p, q] = [a.r, c.r];
+    if (p.left < q.right - 1 && q.left < p.right - 1 && p.top < q.bottom - 1 && q.top < p.bottom - 1)
+      bad.push(`${a.id} ${box(p)} / ${c.id} ${box(q)}`);
+  }
+  return { count: boxes.length, bad };
+}
+"""
+
+
+VUE_NODE_BOXES = """
+() => {  // each Nodes 2.0 node's box in graph units (title included)
+  const c = window.app.canvas, origin = c.canvas.getBoundingClientRect();
+  return Object.fromEntries([...document.querySelectorAll("[data-node-id]")].filter((e) => e.offsetParent).map((e) => {
+    const r = e.getBoundingClientRect();
+    const [x0, y0] = c.ds.convertCanvasToOffset([r.left - origin.left, r.top - origin.top]);
+    const [x1, y1] = c.ds.convertCanvasToOffset([r.right - origin.left, r.bottom - origin.top]);
+    return [e.dataset.nodeId, [x0, y0, x1, y1]];
+  }));
+}
+"""
+NODE_GAP = 30  # graph units between a node and the one pushed below it
+
+
+def push_apart(path: Path, boxes: dict[str, list[float]]) -> None:
+    """PEZ_UPDATE_EXAMPLES=1: move nodes down, top to bottom, until none overlaps another as Nodes 2.0 draws
+    them, and save their positions (the classic layout only gets roomier; its view is refitted by
+    test_example_opens_whole_then_runs_for_its_thumbnail)."""
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    order = sorted(boxes, key=lambda i: boxes[i][1])
+    shifts = dict.fromkeys(order, 0.0)
+    for i, node_id in enumerate(order):
+        for above in order[:i]:
+            a, c = boxes[above], boxes[node_id]
+            if a[0] < c[2] and c[0] < a[2] and a[1] < c[3] and c[1] < a[3]:
+                shift = a[3] + NODE_GAP - c[1]
+                boxes[node_id] = [c[0], c[1] + shift, c[2], c[3] + shift]
+                shifts[node_id] += shift
+    for node in workflow["nodes"]:
+        node["pos"][1] = round(node["pos"][1] + shifts.get(str(node["id"]), 0.0))
+    path.write_text(json.dumps(workflow, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda p: p.stem)
+def test_example_lays_out_in_nodes_2(browser: Browser, path: Path) -> None:
+    """With Nodes 2.0 on, every node of every example is drawn, and no two overlap (Nodes 2.0 sizes nodes
+    itself: Load Image's preview is taller there than on the classic canvas)."""
+    b = browser
+    setting = "Comfy.VueNodes.Enabled"
+    before = b.js(f"() => window.app.extensionManager.setting.get('{setting}')")
+    b.js(f"async () => window.app.extensionManager.setting.set('{setting}', true)")
+    try:
+        b.page.mouse.move(5, 500)
+        b.js(OPEN_TEMPLATE, [PACK, path.stem])
+        dismiss_dialogs(b)
+        nodes = len(json.loads(path.read_text(encoding="utf-8"))["nodes"])
+        b.page.wait_for_function(f"() => ({VUE_NODES_OVERLAPPING})().count === {nodes}", timeout=15_000)
+        b.page.wait_for_timeout(800)  # images and widgets settle the nodes' sizes
+        shot = b.shot(f"nodes-2-{path.stem}")
+        if path.stem.startswith("PEZ 1 "):
+            keep_for_docs(shot, REPO_ROOT / "docs" / "example-1-nodes-2.png")
+        laid_out = b.js(VUE_NODES_OVERLAPPING)
+        if laid_out["bad"] and os.environ.get("PEZ_UPDATE_EXAMPLES") == "1":
+            push_apart(path, b.js(VUE_NODE_BOXES))
+        assert laid_out["bad"] == [], f"{path.name}: nodes drawn over each other in Nodes 2.0: {laid_out['bad']}"
+    finally:
+        b.js(f"async (v) => window.app.extensionManager.setting.set('{setting}', v)", bool(before))
+        b.page.wait_for_timeout(500)
+
+
 # --- last: the console ------------------------------------------------------------------------------
 def test_no_errors_from_the_extension(browser: Browser) -> None:
     b = browser
