@@ -72,7 +72,8 @@ def text_ui(prompts: Sequence[str], similarities: Sequence[float],
     """The UI output of every text-producing PEZ node: one string and one similarity per prompt; with
     several models (PEZ Combine Models), also each model's similarity per prompt, in model order; with the
     fluency prior, each prompt's perplexity under it; with ``total`` (the steps asked for), where each run
-    ended."""
+    ended; with a reference (``PezResult.reference_similarity``), what a plain caption scores against the same
+    targets, one {"caption", "similarity"} per prompt."""
     ui = {"text": [str(p) for p in prompts], "pez_similarity": [float(s) for s in similarities]}
     per_model = [list(getattr(r, "similarities", [])) for r in results]
     if any(per_model):
@@ -81,6 +82,9 @@ def text_ui(prompts: Sequence[str], similarities: Sequence[float],
         ui["pez_perplexity"] = [r.perplexity for r in results]
     if results and total:
         ui["pez_ended"] = [ended(r, total) for r in results]
+    if results and all(getattr(r, "reference_similarity", None) is not None for r in results):
+        ui["pez_reference"] = [{"caption": str(r.reference_caption), "similarity": float(r.reference_similarity)}
+                               for r in results]
     return ui
 
 
@@ -98,7 +102,9 @@ def ended(result: pez_core.PezResult, total: int) -> str:
 def log_results(node: str, results: Sequence[pez_core.PezResult]) -> None:
     for r in results:
         each = getattr(r, "similarities", None)
-        log.info("%s: %r (similarity %.4f%s%s, %d steps, %.1f s%s)", node, r.prompt, r.similarity,
+        log.info("%s: %r (similarity %.4f%s%s%s, %d steps, %.1f s%s)", node, r.prompt, r.similarity,
                  f"; per model {', '.join(f'{s:.4f}' for s in each)}" if each else "",
+                 f"; plain caption {r.reference_caption!r}: {r.reference_similarity:.4f}"
+                 if getattr(r, "reference_similarity", None) is not None else "",
                  f"; perplexity {r.perplexity:.1f} under {r.fluency_model}" if r.perplexity is not None else "", r.steps,
                  r.seconds, ", stopped early" if r.stopped_early else "")

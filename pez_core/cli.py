@@ -247,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "caption":
             sys.stdout.write(f"{row['summary']}\n")
         elif "prompt" in row:
-            sys.stdout.write(f"{row['prompt']}\t(similarity {row['similarity']:.3f})\n")
+            # beside it, what a plain caption scores on the same targets: the model's baseline
+            reference = ("" if row.get("reference_similarity") is None else
+                         f"; plain caption {row['reference_caption']!r}: {row['reference_similarity']:.3f}")
+            sys.stdout.write(f"{row['prompt']}\t(similarity {row['similarity']:.3f}{reference})\n")
         else:
             sys.stdout.write(f"{row['similarity']:.4f}\t{row['image']}\t{row['text']}\n")
     return 0

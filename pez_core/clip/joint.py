@@ -26,7 +26,7 @@ from ..engine.loop import search
 from ..engine.prior import TextPrior
 from ..engine.scorer import Scorer
 from .model import MAX_PROMPT_TOKENS, PezModel
-from .objective import ClipScorer, Objective, check_template
+from .objective import ClipScorer, Objective, check_template, with_reference
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,10 @@ class JointScorer(Scorer):
         return self._weighted([s.score_texts(texts, problems) for s in self.scorers])
 
     @torch.no_grad()
+    def reference_similarities(self, text: str, problems: torch.Tensor) -> torch.Tensor:
+        return self.weights @ torch.stack([s.reference_similarities(text, problems).float() for s in self.scorers])
+
+    @torch.no_grad()
     def similarities(self, texts: Sequence[str], problems: torch.Tensor) -> torch.Tensor:
         """(M, N) each model's similarity of each text to its problem's targets."""
         return torch.stack([s.score_texts(texts, problems)[1].float() for s in self.scorers])
@@ -195,6 +199,6 @@ def optimize(model: JointModel, objectives: Sequence[Objective], config: PezConf
     results = search(scorer, config, template.framed_callback(callback), template.framed_prior(prior))
     problems = torch.arange(len(results), device=scorer.device)
     per_model = scorer.similarities([r.prompt for r in results], problems).T.cpu().tolist()
-    results = [template.framed_result(r, model.models[0].tokenize) for r in results]
+    results = with_reference([template.framed_result(r, model.models[0].tokenize) for r in results], scorer, template)
     return [JointResult(**dataclasses.asdict(r), similarities=[clamp_similarity(s) for s in sims])
             for r, sims in zip(results, per_model)]

@@ -6,6 +6,7 @@ and the gain of prompts given as embeddings (in the search) or as strings (when 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -13,13 +14,18 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import PezError
-from ..engine.config import Callback, PezConfig, PezResult
+from ..engine.config import Callback, PezConfig, PezResult, clamp_similarity
 from ..engine.loop import search
 from ..engine.prior import TextPrior
 from ..engine.scorer import Scorer, activation_bytes
 from ..engine.template import Template
 from .model import MAX_PROMPT_TOKENS, PezModel
 from .tokenizer import allowed_token_ids
+
+# What a result's similarity is measured against (``PezResult.reference_similarity``): a caption that says
+# nothing in particular, so that a model's baseline shows (the bundled demo CLIP gives any image about 0.45).
+# It names no medium, so it reads as plain for image targets and for a prompt to distill alike.
+REFERENCE_CAPTION = "a picture"
 
 
 @dataclass
@@ -108,6 +114,13 @@ class ClipScorer(Scorer):
         whole = [self.template.fill(t) for t in texts] if self.fixed_tokens else texts
         return self.objective.scores(self.model.encode_texts(whole), problems.to(self.device))
 
+    @torch.no_grad()
+    def reference_similarities(self, text: str, problems: torch.Tensor) -> torch.Tensor:
+        """(N,) the similarity of one string (inside the template) to each problem's targets, as ``score_texts``
+        measures it; encoded once, so it never depends on how many problems there are."""
+        feature = self.model.encode_texts([self.template.fill(text)])
+        return self.objective.scores(feature.expand(len(problems), -1), problems.to(self.device))[1]
+
     def bytes_per_prompt(self, prompt_len: int) -> int:
         """The text tower's backward for one prompt (and the template's fixed tokens) between its start and end."""
         model = self.model
@@ -134,7 +147,17 @@ def optimize(model: PezModel, objective: Objective, config: PezConfig | None = N
     template = check_template(model, config)
     scorer = ClipScorer(model, objective, config.vocab, config.blocklist, config.allowlist, template)
     results = search(scorer, config, template.framed_callback(callback), template.framed_prior(prior))
-    return [template.framed_result(r, model.tokenize) for r in results]
+    return with_reference([template.framed_result(r, model.tokenize) for r in results], scorer, template)
+
+
+def with_reference(results: list, scorer, template: Template) -> list:
+    """``results`` with what ``REFERENCE_CAPTION`` (in the template: the learned words are what it lacks)
+    scores against each one's targets, by the scorer that scored them."""
+    problems = torch.arange(len(results), device=scorer.device)
+    sims = scorer.reference_similarities(REFERENCE_CAPTION, problems).float().cpu().tolist()
+    caption = template.fill(REFERENCE_CAPTION)
+    return [dataclasses.replace(r, reference_similarity=clamp_similarity(s), reference_caption=caption)
+            for r, s in zip(results, sims)]
 
 
 def check_template(model: PezModel, config: PezConfig) -> Template:

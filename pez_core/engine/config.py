@@ -139,6 +139,10 @@ class PezResult:
     perplexity: float | None = None            # per token, under the fluency prior (None: no prior)
     fluency_model: str | None = None           # the prior that judged it
     learned_prompt: str | None = None          # with a template: the slot's words alone (``prompt`` is whole)
+    # a plain caption's similarity to the same targets, by the same measure: what saying nothing in particular
+    # scores on this model (pez_core.clip.objective.REFERENCE_CAPTION); None where no scorer gave one
+    reference_similarity: float | None = None
+    reference_caption: str | None = None       # that caption, inside the template when there is one
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -637,6 +637,9 @@ def test_run_shows_live_progress_then_the_final_prompt(browser: Browser, finishe
     assert run.final_text.startswith(run.history_text[0])
     assert not run.final_text.startswith("running")
     assert f"similarity {run.history_similarity[0]:.3f}" in run.final_text
+    # and beside it, what a plain caption scores on this model (the number's scale)
+    [reference] = watch["executed"]["output"]["pez_reference"]
+    assert f"(a plain caption: {reference['similarity']:.3f})" in run.final_text, run.final_text
     assert run.node_state["property"]["text"] == run.history_text
     assert watch["executed"]["output"]["text"] == run.history_text
     # the frontend's own progress-text box is hidden here (it would repeat the live text) and unsaved

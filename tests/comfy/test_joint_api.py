@@ -99,7 +99,7 @@ def test_sdxl_preset_loads_both_encoders(comfy_server: ComfyServer, joint_files:
 def test_one_model_keeps_its_results_unchanged(comfy_server: ComfyServer) -> None:
     graph = {"m": load(TINY_MODEL), "d": distill("m")}
     ui = run_ok(comfy_server, graph).outputs["d"]
-    assert set(ui) == {"text", "pez_similarity", "pez_ended"}  # no per-model similarities
+    assert set(ui) == {"text", "pez_similarity", "pez_ended", "pez_reference"}  # no per-model similarities
 
 
 def test_all_weights_zero_is_a_clear_error(comfy_server: ComfyServer, joint_files: None) -> None:

@@ -45,9 +45,14 @@ def combo_options(spec: list[Any]) -> list[Any]:
 
 def assert_text_ui(ui: dict[str, Any], n: int) -> None:
     """The UI contract of the text-producing nodes: one string and one float per prompt, and where each
-    optimisation ended (a node that learns a prompt)."""
-    assert {"text", "pez_similarity"} <= set(ui) <= {"text", "pez_similarity", "pez_ended"}, ui
+    optimisation ended and what a plain caption scores against the same targets (a node that learns a prompt)."""
+    assert {"text", "pez_similarity"} <= set(ui) <= {"text", "pez_similarity", "pez_ended", "pez_reference"}, ui
+    assert ("pez_ended" in ui) == ("pez_reference" in ui), ui
     assert len(ui["text"]) == len(ui["pez_similarity"]) == len(ui.get("pez_ended", ui["text"])) == n
+    assert len(ui.get("pez_reference", ui["text"])) == n
+    assert all(set(r) == {"caption", "similarity"} and isinstance(r["caption"], str) and r["caption"].strip()
+               and isinstance(r["similarity"], float) and -1.0 <= r["similarity"] <= 1.0
+               for r in ui.get("pez_reference", [])), ui
     assert all(re.fullmatch(r"\d+ steps(, then polishing)?|stopped .*", e) for e in ui.get("pez_ended", [])), ui
     assert all(isinstance(t, str) and t.strip() for t in ui["text"])
     assert all(isinstance(s, float) and -1.0 <= s <= 1.0 for s in ui["pez_similarity"])

@@ -81,6 +81,14 @@ function formatSimilarity(value) {
   return typeof num === "number" && Number.isFinite(num) ? num.toFixed(3) : "n/a";
 }
 
+/** "similarity 0.762 (a plain caption: 0.408)": beside the number, what a caption that says nothing scores
+ * on the same model and targets (pez_core's reference), so that the number has a scale. */
+function similarityText(value, reference) {
+  const plain = reference && typeof reference === "object" ? Number(reference.similarity) : NaN;
+  const scale = Number.isFinite(plain) ? ` (a plain caption: ${formatSimilarity(plain)})` : "";
+  return `similarity ${formatSimilarity(value)}${scale}`;
+}
+
 function isPezNodeDef(nodeData) {
   const name = String(nodeData?.name ?? "");
   const category = String(nodeData?.category ?? "");
@@ -220,9 +228,10 @@ function show(node, text, { running = false, warning = false } = {}) {
 
 // result key -> key in a node's `ui` output; a saved result (node.properties) uses the result keys
 const UI_KEYS = { similarity: "pez_similarity", token_count: "pez_token_count", warning: "pez_warning",
-  model_similarities: "pez_model_similarities", perplexity: "pez_perplexity", ended: "pez_ended" };
+  model_similarities: "pez_model_similarities", perplexity: "pez_perplexity", ended: "pez_ended",
+  reference: "pez_reference" };
 const SAVED_KEYS = { similarity: "similarity", token_count: "token_count", warning: "warning",
-  model_similarities: "model_similarities", perplexity: "perplexity", ended: "ended" };
+  model_similarities: "model_similarities", perplexity: "perplexity", ended: "ended", reference: "reference" };
 
 /** What is shown and saved of a `ui` output (UI_KEYS) or of a saved result (SAVED_KEYS, with its
  * note), checked; null without text. */
@@ -251,7 +260,7 @@ function metaLines(result) {
   const lines = [];
   if (text.length === 1) {
     const meta = [];
-    if (similarity.length) meta.push(`similarity ${formatSimilarity(similarity[0])}`);
+    if (similarity.length) meta.push(similarityText(similarity[0], result.reference?.[0]));
     if (tokens.length) meta.push(`${tokens[0]} tokens`);
     const readability = perplexityText(result.perplexity?.[0]);
     if (readability) meta.push(readability);
@@ -281,7 +290,7 @@ function formatResult(result) {
     text.forEach((prompt, i) => {
       const meta = [`#${i + 1}`];
       if (!result.note && i < similarity.length)
-        meta.push(`similarity ${formatSimilarity(similarity[i])}`);
+        meta.push(similarityText(similarity[i], result.reference?.[i]));
       if (!result.note && i < tokens.length) meta.push(`${tokens[i]} tokens`);
       const readability = result.note ? "" : perplexityText(result.perplexity?.[i]);
       if (readability) meta.push(readability);
