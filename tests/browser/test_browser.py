@@ -365,8 +365,21 @@ def test_template_browser_lists_the_examples(browser: Browser) -> None:
         found = [card["name"] for card in b.js(TEMPLATE_CARDS)]
         assert set(stems) <= set(found), found
     finally:
+        close_dialogs(b)
+
+
+def close_dialogs(b: Browser) -> None:
+    """Close what dialogs are open (Escape in a search field only clears it: blur it first), and wait for it."""
+    for _ in range(3):
+        if not b.js("() => [...document.querySelectorAll('.p-dialog-mask')].some((e) => e.getClientRects().length)"):
+            return
+        b.js("() => document.activeElement?.blur?.()")
         b.page.keyboard.press("Escape")
-        b.page.wait_for_timeout(300)
+        b.page.wait_for_timeout(500)
+        b.js("""() => [...document.querySelectorAll('.p-dialog-mask button')].find((e) => e.getClientRects().length
+                 && /close/i.test(e.getAttribute('aria-label') ?? '') || /pi-times|lucide--x/.test(e.innerHTML))?.click()""")
+        b.page.wait_for_timeout(500)
+    raise AssertionError("a dialog stayed open")
 
 
 MODEL_DROPDOWN = """
@@ -1083,25 +1096,6 @@ def example_card(b: Browser, path: Path) -> Any:
     return thumbnails.card(path.stem, images=images, text=text, result=result)
 
 
-def test_missing_models_dialog_offers_the_clip_weights(browser: Browser) -> None:
-    """On a fresh install an example's CLIP weights are offered for download into models/pez, beside the
-    SD checkpoint: frontend 1.32.9 opens its "Missing Models" dialog; 1.58 lists them under "View details"."""
-    b = browser
-    b.js(OPEN_TEMPLATE, [PACK, IMAGE_TO_IMAGE])
-    if b.js("() => window.__COMFYUI_FRONTEND_VERSION__ ?? ''").startswith("1.32."):
-        b.page.locator(".p-dialog").first.wait_for(timeout=10_000)
-        listed = b.page.locator(".p-dialog").first.inner_text()
-        b.page.keyboard.press("Escape")
-    else:
-        b.page.get_by_text("View details").first.click()
-        b.page.get_by_text("Missing Models").first.wait_for(timeout=10_000)
-        listed = b.page.locator("body").inner_text()
-        b.page.keyboard.press("Escape")
-    assert "v1-5-pruned-emaonly-fp16.safetensors" in listed, listed
-    # "pez / <file>" on 1.32.9, "<file>\npez" on 1.58: the file and its folder, models/pez
-    assert re.search(r"\bpez / ViT-L-14-openai\.safetensors|ViT-L-14-openai\.safetensors\s*\n\s*pez\b", listed), listed
-
-
 # The weights the dialog offers for ViT-L-14 · openai, and the name a browser saves them under (the URL's).
 HUB_URL = "https://huggingface.co/timm/vit_large_patch14_clip_224.openai/resolve/main/open_clip_model.safetensors"
 
@@ -1136,9 +1130,9 @@ def random_vit_l_14(path: Path) -> Path:
     return path
 
 
-def click_download(b: Browser) -> Any:
-    """Click the missing-models dialog's download of the CLIP weights; the browser's Download (its file name
-    is the browser's choice). The Hub is offline here: the test answers for it with a stand-in body."""
+def click_download(b: Browser) -> tuple[str, Any]:
+    """The missing-models dialog's text, and the browser's Download after a click on its download of the CLIP
+    weights (the file name is the browser's choice). The Hub is offline here: the test answers for it with a stand-in body."""
     downloads: list[Any] = []
     context = b.page.context
     def keep(download: Any) -> None:
@@ -1158,11 +1152,14 @@ def click_download(b: Browser) -> Any:
     context.route("https://huggingface.co/**", hub)
     try:
         if b.js("() => window.__COMFYUI_FRONTEND_VERSION__ ?? ''").startswith("1.32."):
+            b.page.locator(".p-dialog").first.wait_for(timeout=10_000)
+            listed = b.page.locator(".p-dialog").first.inner_text()
             row = b.page.locator(".p-dialog li[role=option]").filter(has_text="ViT-L-14-openai.safetensors")
             button = row.get_by_role("button", name=re.compile("^Download")).first
         else:
             b.page.get_by_text("View details").first.click()
             b.page.get_by_text("Missing Models").first.wait_for(timeout=10_000)
+            listed = b.page.locator("body").inner_text()
             row = b.page.locator("div").filter(has_text="ViT-L-14-openai.safetensors").last
             button = row.get_by_role("button", name=re.compile("Download", re.IGNORECASE)).first
         button.wait_for(timeout=10_000)
@@ -1176,7 +1173,7 @@ def click_download(b: Browser) -> Any:
                 repo_pages[0].locator("#file").click()
                 b.page.wait_for_timeout(1000)
         assert downloads, "the dialog's download started no browser download"
-        return downloads[0]
+        return listed, downloads[0]
     finally:
         b.page.keyboard.press("Escape")
         for page in context.pages[1:]:
@@ -1185,13 +1182,17 @@ def click_download(b: Browser) -> Any:
 
 
 def test_downloaded_clip_weights_run_as_saved(browser: Browser, tmp_path: Path) -> None:
-    """Example 3's CLIP weights, downloaded from the missing-models dialog, keep the name the browser gives
+    """On a fresh install example 3's missing-models dialog (frontend 1.32.9; 1.58: under "View details")
+    offers its CLIP weights for models/pez beside the SD checkpoint. Downloaded, they keep the name the browser gives
     them (the URL's, open_clip_model.safetensors, not the ViT-L-14-openai.safetensors the dialog shows). Put into
     models/pez as they are, the example runs: the node tells the architecture from the tensors. (The weights
     are a random-weight ViT-L-14 written here; the Hub is offline.)"""
     b = browser
     b.js(OPEN_TEMPLATE, [PACK, IMAGE_TO_IMAGE])
-    download = click_download(b)
+    listed, download = click_download(b)
+    # offered beside the SD checkpoint, into models/pez: "pez / <file>" on 1.32.9, "<file>\npez" on 1.58
+    assert "v1-5-pruned-emaonly-fp16.safetensors" in listed, listed
+    assert re.search(r"\bpez / ViT-L-14-openai\.safetensors|ViT-L-14-openai\.safetensors\s*\n\s*pez\b", listed), listed
     name = download.suggested_filename
     assert name == HUB_URL.rsplit("/", 1)[1], name
     placed = b.server.add_file(f"models/pez/{name}", random_vit_l_14(tmp_path / name))
@@ -1378,13 +1379,49 @@ def test_example_lays_out_in_nodes_2(browser: Browser, path: Path) -> None:
         nodes = len(json.loads(path.read_text(encoding="utf-8"))["nodes"])
         b.page.wait_for_function(f"() => ({VUE_NODES_OVERLAPPING})().count === {nodes}", timeout=15_000)
         b.page.wait_for_timeout(800)  # images and widgets settle the nodes' sizes
-        shot = b.shot(f"nodes-2-{path.stem}")
-        if path.stem.startswith("PEZ 1 "):
-            keep_for_docs(shot, REPO_ROOT / "docs" / "example-1-nodes-2.png")
+        b.shot(f"nodes-2-{path.stem}")
         laid_out = b.js(VUE_NODES_OVERLAPPING)
         if laid_out["bad"] and os.environ.get("PEZ_UPDATE_EXAMPLES") == "1":
             push_apart(path, b.js(VUE_NODE_BOXES))
         assert laid_out["bad"] == [], f"{path.name}: nodes drawn over each other in Nodes 2.0: {laid_out['bad']}"
+    finally:
+        b.js(f"async (v) => window.app.extensionManager.setting.set('{setting}', v)", bool(before))
+        b.page.wait_for_timeout(500)
+
+
+NODE_TEXTS = """
+() => Object.fromEntries([...document.querySelectorAll("[data-node-id]")].map((e) => {
+  const boxes = [...e.querySelectorAll("textarea")].map((t) => t.value).join("\\n");
+  return [e.dataset.nodeId, `${e.innerText}\\n${boxes}`];
+}))
+"""
+
+
+def test_example_runs_in_nodes_2(browser: Browser) -> None:
+    """Example 1 run with Nodes 2.0 on: the result shows once on each PEZ node (no second copy of Concat's
+    token count, no progress line left under the node by the frontend). Its screenshot is kept in docs/."""
+    b = browser
+    setting = "Comfy.VueNodes.Enabled"
+    before = b.js(f"() => window.app.extensionManager.setting.get('{setting}')")
+    b.js(f"async () => window.app.extensionManager.setting.set('{setting}', true)")
+    [path] = [p for p in EXAMPLES.glob("*.json") if p.stem.startswith("PEZ 1 ")]
+    try:
+        b.page.mouse.move(5, 500)
+        b.js(OPEN_TEMPLATE, [PACK, path.stem])
+        dismiss_dialogs(b)
+        b.js(SET_UP_THUMBNAIL_RUN, [MODEL, THUMB_STEPS])
+        result = queue_and_wait(b)
+        assert result.ok, result.error
+        b.page.wait_for_function("() => !/Job (queued|completed)/.test(document.body.innerText)", timeout=15_000)
+        b.page.wait_for_timeout(800)
+        texts = b.js(NODE_TEXTS)
+        keep_for_docs(b.shot("nodes-2-example-1-after-run"), REPO_ROOT / "docs" / "example-1-nodes-2.png")
+        by_type = {n["type"]: str(n["id"]) for n in json.loads(path.read_text(encoding="utf-8"))["nodes"]}
+        invert, concat = texts[by_type["PEZ_InvertImage"]], texts[by_type["PEZ_ConcatPrompts"]]
+        [prompt] = result.outputs[by_type["PEZ_InvertImage"]]["text"]
+        assert invert.count(prompt) == 1 and len(re.findall(r"similarity \d", invert)) == 1, invert
+        assert not re.search(r"step \d+/\d+", invert), invert  # no live line left after the run
+        assert concat.count("CLIP tokens") == 1, concat
     finally:
         b.js(f"async (v) => window.app.extensionManager.setting.set('{setting}', v)", bool(before))
         b.page.wait_for_timeout(500)

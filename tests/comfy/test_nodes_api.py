@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -59,6 +60,26 @@ def assert_text_ui(ui: dict[str, Any], n: int) -> None:
 
 
 # --- schema -----------------------------------------------------------------------------------------
+LOCALE_NODE_DEFS = REPO_ROOT / "locales" / "en" / "nodeDefs.json"
+
+
+def test_locales_repeat_the_input_labels(comfy_server: ComfyServer) -> None:
+    """Frontend 1.32.9 labels a widget by its input's name unless the pack's locales name it: the labels
+    that say what 0 means ("restarts (0 = auto)") are the schemas' display names, repeated in
+    locales/en/nodeDefs.json (PEZ_UPDATE_LOCALES=1 rewrites it from the running server)."""
+    info = comfy_server.object_info()
+    labels = {node_id: {"inputs": {name: {"name": options["display_name"]}
+                                   for section in ("required", "optional")
+                                   for name, (_type, options) in sorted(info[node_id]["input"].get(section, {}).items())
+                                   if options.get("display_name") not in (None, name)}}
+              for node_id in sorted(DISPLAY_NAMES)}
+    labels = {node_id: entry for node_id, entry in labels.items() if entry["inputs"]}
+    assert labels, "no input has a label of its own"
+    if os.environ.get("PEZ_UPDATE_LOCALES") == "1":
+        LOCALE_NODE_DEFS.write_text(json.dumps(labels, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert json.loads(LOCALE_NODE_DEFS.read_text(encoding="utf-8")) == labels
+
+
 def test_object_info_lists_the_nodes(comfy_server: ComfyServer) -> None:
     info = comfy_server.object_info()
     for node_id, display in DISPLAY_NAMES.items():

@@ -211,6 +211,11 @@ function tameBuiltinProgress(node) {
   }
   if (node[STATE] && !widget.hidden) {
     widget.hidden = true;
+    if (widget.options) widget.options.hidden = true; // what Nodes 2.0 (frontend 1.32.9) reads...
+    if (node.removeWidget && node.addCustomWidget) {
+      node.removeWidget(widget); // ...when the widget list changes: it drew the widget already
+      node.addCustomWidget(widget);
+    }
     widget.computeLayoutSize = () => ({ minHeight: 0, maxHeight: 0, minWidth: 0 });
     node.setDirtyCanvas?.(true, true);
   }
