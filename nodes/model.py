@@ -170,6 +170,21 @@ def resolve(name: str) -> str:
         f"refresh the browser (R), or choose one of: {', '.join(model_options())}")
 
 
+def where_to_put(error: pez_core.WeightsNotAvailableError) -> str:
+    """The library's error for weights that are not here, in this ComfyUI's words: which files, and that
+    they work in models/pez under any name (the browser's own included)."""
+    if not error.files:
+        return f"{error} This ComfyUI's pez model folders: {model_folders()}."
+    urls = "; ".join(f.url + (f" ({pez_core.size_text(f.size)})" if f.size else "") for f in error.files)
+    if len(error.files) == 1:
+        save = f"save it as models/pez/{error.files[0].file_name} or under any other name (the browser's own works)"
+    else:
+        names = " and ".join(f.file_name for f in error.files)
+        save = f"save them in models/pez as {names} or under any other names (the browser's own work)"
+    return (f"{error.reason}. Download {urls}; {save}, then press R in the browser to list it. Or {error.retry}. "
+            f"This ComfyUI's pez model folders: {model_folders()}.")
+
+
 def not_a_name(value: Any) -> str:
     """What to say when the model input is no text (e.g. ``"model": 42`` through the API)."""
     return (f"model must be a model name (text), got {type(value).__name__} {repr(value)[:60]}; choose one of: "
@@ -190,8 +205,8 @@ class LoadModel(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model", options=model_options(), default=default_model(), tooltip=(
                     f"Which CLIP to learn prompts for — {serves}. Presets download once into the Hugging Face "
-                    f"cache; offline, save the weights as <arch>-<tag>.safetensors (e.g. "
-                    f"ViT-L-14-openai.safetensors) in models/pez. Bundled models work offline. Checkpoints "
+                    f"cache; offline, put their weights file into models/pez under any name. Bundled models "
+                    f"work offline. Checkpoints "
                     f"in models/pez (with a <name>.json open_clip config beside them) are listed too.")),
                 io.Combo.Input("precision", options=list(pez_core.PRECISIONS), default="auto", tooltip=(
                     "Weights' precision. auto: bf16 (or fp16) on a GPU, fp32 on the CPU.")),
@@ -231,9 +246,7 @@ class LoadModel(io.ComfyNode):
             # each part of a joint preset from the pez folder when saved there, as a preset is
             loaded = pez_core.load_model(model, device=target, precision=precision, watcher=watcher, locate=resolve)
         except pez_core.WeightsNotAvailableError as e:
-            # the same error, with where this ComfyUI looks (one message in the log, not two)
-            where = f" This ComfyUI's pez model folders: {model_folders()}."
-            raise pez_core.WeightsNotAvailableError(f"{e}{where}") from None
+            raise pez_core.WeightsNotAvailableError(where_to_put(e), e.files, e.reason, e.retry) from None
         log.info("PEZ Load Model: %s", loaded)
         return io.NodeOutput(loaded)
 

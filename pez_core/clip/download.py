@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from ..common.errors import PezError, WeightsNotAvailableError
+from ..common.errors import MissingFile, PezError, WeightsNotAvailableError
 from ..common.limits import check_interrupt
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,17 @@ class _Transfer:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-def save_hint(arch: str, tag: str, suffix: str = ".safetensors") -> str:
-    """Where a user may put a preset's weights by hand (``nodes/model.py`` looks there), for ComfyUI and Python."""
-    return (f"save it as models/pez/{arch}-{tag}{suffix} (ComfyUI: PEZ Load Model's model widget then uses it; "
-            "refresh the browser to list it) or pass its path as pretrained (load_model's argument, the CLI's "
-            "--pretrained)")
+OFFLINE_RETRY = "unset HF_HUB_OFFLINE: presets then download into the Hugging Face cache by themselves"
+
+
+def missing_weights(reason: str, files: list[MissingFile], retry: str) -> WeightsNotAvailableError:
+    """The error for weights that are not here, worded for Python and the CLI (the nodes reword its parts)."""
+    where = "; ".join(f"{f.what}: {f.url}" + (f" ({size_text(f.size)})" if f.size else "") for f in files)
+    own_copy = ("pass the file's path as pretrained (load_model's argument, the CLI's --pretrained)" if len(files) == 1
+                else "load each part with load_model(<arch>, <its file>) and join them with combine() (the CLI: "
+                     "a --model and a --pretrained per part)")
+    return WeightsNotAvailableError(f"{reason}. Get {where}; then either {retry}, or {own_copy}.",
+                                    files, reason, retry)
 
 
 def file_url(repo_id: str, filename: str) -> str:
@@ -60,14 +66,14 @@ def file_url(repo_id: str, filename: str) -> str:
 
 
 def hub_weights(repo_id: str, filenames: list[str], *, what: str, arch: str, tag: str,
-                watcher: Watcher | None = None) -> Path:
+                watcher: Watcher | None = None, expected_size: int = 0) -> Path:
     """Download the first of ``filenames`` the repo has; a clear, prompt error naming the file to save if not."""
     try:
         filename, size = _first_available(repo_id, filenames)
     except DownloadCancelled:
         raise
     except PezError as e:
-        raise _failure(what, repo_id, filenames[0], arch, tag, str(e)) from None
+        raise _failure(what, repo_id, filenames[0], arch, tag, str(e), expected_size) from None
     text = (f"downloading {what} ({filename}, {size_text(size)}) from {file_url(repo_id, filename)} "
             "into the Hugging Face cache; only this once")
     log.info(text)
@@ -78,7 +84,7 @@ def hub_weights(repo_id: str, filenames: list[str], *, what: str, arch: str, tag
     except DownloadCancelled:
         raise
     except PezError as e:
-        raise _failure(what, repo_id, filename, arch, tag, str(e)) from None
+        raise _failure(what, repo_id, filename, arch, tag, str(e), size) from None
 
 
 def size_text(size: int) -> str:
@@ -86,11 +92,11 @@ def size_text(size: int) -> str:
     return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
-def _failure(what: str, repo_id: str, filename: str, arch: str, tag: str, why: str) -> WeightsNotAvailableError:
+def _failure(what: str, repo_id: str, filename: str, arch: str, tag: str, why: str,
+             size: int = 0) -> WeightsNotAvailableError:
     suffix = Path(filename).suffix or ".safetensors"
-    return WeightsNotAvailableError(
-        f"could not download {what} ({why}). Download {file_url(repo_id, filename)} yourself and "
-        f"{save_hint(arch, tag, suffix)}.")
+    file = MissingFile(f"{arch} / {tag}", file_url(repo_id, filename), f"{arch}-{tag}{suffix}", size)
+    return missing_weights(f"could not download {what} ({why})", [file], "try again")
 
 
 def _first_available(repo_id: str, filenames: list[str]) -> tuple[str, int]:

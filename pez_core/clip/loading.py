@@ -31,9 +31,9 @@ import torch
 
 from ..common import devices
 from ..common.devices import hub_offline, resolve_device
-from ..common.errors import ModelLoadError, PezError, WeightsNotAvailableError
+from ..common.errors import MissingFile, ModelLoadError, PezError, WeightsNotAvailableError
 from ..common.limits import check_interrupt
-from .download import Watcher, file_url, hub_weights, save_hint, size_text
+from .download import OFFLINE_RETRY, Watcher, file_url, hub_weights, missing_weights, size_text
 from .joint import JointModel, combine
 from .model import PezModel, resolve_dtype
 from .presets import CHECKPOINT_SUFFIXES, DEFAULT_MODEL, JOINT_PRESETS, PRESETS, Preset, bundled_models, preset_of_weights
@@ -158,21 +158,15 @@ def _load_joint(name: str, device: str | torch.device, precision: str, watcher: 
 
 def _missing_weights(name: str, missing: list[tuple[Preset, WeightsNotAvailableError]]) -> WeightsNotAvailableError:
     """One error for the weights files a model made of several lacks: each file, its size and where it is."""
-    def entry(preset: Preset) -> str:
-        repo_id, candidates = _hub_files(preset.arch, preset.pretrained)
-        where = f"from {file_url(repo_id, candidates[0])}" if repo_id else "from its URL"
-        size = f"about {size_text(preset.download_bytes)}, " if preset.download_bytes else ""
-        return f"{preset.arch} / {preset.pretrained}: {preset.file_stem}.safetensors ({size}{where})"
     if len(missing) == 1:
         return missing[0][1]
     total = sum(p.download_bytes for p, _ in missing)
-    how = ("unset HF_HUB_OFFLINE to let them download into the Hugging Face cache" if hub_offline()
-           else f"try again (the first download failed: {missing[0][1]})")
-    return WeightsNotAvailableError(
-        f"{name} needs {len(missing)} weights files that are not on this machine"
-        + (f" (about {size_text(total)} in all)" if total else "") + ": "
-        + "; ".join(entry(p) for p, _ in missing)
-        + f". Save each as models/pez/<its name> (ComfyUI) or {how}.")
+    reason = (f"{name} needs {len(missing)} weights files that are not on this machine"
+              + (f" (about {size_text(total)} in all)" if total else ""))
+    if not hub_offline():
+        reason += f" (the first download failed: {missing[0][1].reason})"
+    files = [file for _, e in missing for file in e.files]
+    return missing_weights(reason, files, OFFLINE_RETRY if hub_offline() else "try again")
 
 
 def _known_names() -> str:
@@ -485,22 +479,21 @@ def _tag_weights(arch: str, tag: str, watcher: Watcher | None = None) -> Path:
     cached = _cached_tag_weights(arch, tag)
     if cached is not None:
         return cached
-    where = f"the Hugging Face repo {repo_id} ({' or '.join(candidates)})" if repo_id else cfg.get("url", "its URL")
     preset = preset_of_weights(arch, tag)
-    size = f" (about {size_text(preset.download_bytes)})" if preset is not None and preset.download_bytes else ""
+    size = preset.download_bytes if preset is not None else 0
+    url = file_url(repo_id, candidates[0]) if repo_id else cfg.get("url", "")
+    file = MissingFile(f"{arch} / {tag}", url, f"{arch}-{tag}.safetensors", size)
     if hub_offline():
-        raise WeightsNotAvailableError(
-            f"the weights of {arch} / {tag}{size} are not on this machine and HF_HUB_OFFLINE is set. "
-            f"Get them from {where}, then either unset HF_HUB_OFFLINE to let them download into the "
-            f"Hugging Face cache, or {save_hint(arch, tag)}.")
+        about = f" (about {size_text(size)})" if size else ""
+        raise missing_weights(f"the weights of {arch} / {tag}{about} are not on this machine and HF_HUB_OFFLINE "
+                              "is set", [file], OFFLINE_RETRY)
     if repo_id:
         return hub_weights(repo_id, candidates, what=f"the weights of {arch} / {tag}", arch=arch, tag=tag,
-                           watcher=watcher)
+                           watcher=watcher, expected_size=size)
     try:  # a plain URL (no preset uses one)
         return Path(download_pretrained(cfg))
     except Exception as e:  # network errors come in many types
-        raise WeightsNotAvailableError(f"could not download the weights of {arch} / {tag} from {where}: {e}; "
-                                       f"{save_hint(arch, tag)}") from e
+        raise missing_weights(f"could not download the weights of {arch} / {tag} ({e})", [file], "try again") from e
 
 
 _TEXT_TOWER = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")

@@ -71,6 +71,19 @@ def test_combine_node_schema(comfy_server: ComfyServer) -> None:
     assert SDXL in info["PEZ_LoadModel"]["input"]["required"]["model"][1]["options"]
 
 
+def test_sdxl_preset_without_its_files_names_both_in_one_error(comfy_server: ComfyServer) -> None:
+    """Before ``joint_files`` writes them (tests run in file order): a fresh install, offline."""
+    assert not any((comfy_server.models_dir / f"{name}.safetensors").exists() for name in FILES)
+    result = comfy_server.run({"m": load(SDXL), "d": distill("m")}, timeout=120)
+    assert result.status == "error" and result.error is not None and result.error["node_type"] == "PEZ_LoadModel"
+    message = result.error["exception_message"]
+    assert "needs 2 weights files that are not on this machine (about 11.87 GB in all)" in message, message
+    assert "open_clip_model.safetensors (1.71 GB)" in message and "open_clip_model.safetensors (10.16 GB)" in message
+    assert ("save them in models/pez as ViT-L-14-openai.safetensors and ViT-bigG-14-laion2b_s39b_b160k.safetensors "
+            "or under any other names") in message, message
+    assert "pretrained" not in message and "combine()" not in message  # the library's words stay out
+
+
 def test_combined_model_goes_wherever_a_model_goes(comfy_server: ComfyServer, joint_files: None) -> None:
     graph = {"m1": load("pez-joint-a.safetensors"), "m2": load("pez-joint-b.safetensors"), "c": combine(1.0, 3.0),
              "img": {"class_type": "LoadImage", "inputs": {"image": "pez_red_circle.png"}},
