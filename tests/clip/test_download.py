@@ -66,10 +66,14 @@ def test_download_reports_size_and_progress_and_can_be_cancelled(online):
     content = bytes(24 << 20)  # > the hub client's 10 MB read size: several progress steps
     with FakeHub({f"{PRESET_REPO}/open_clip_model.safetensors": (content, 0.002)}) as hub:
         online(hub.url)
+        assert not pez_core.preset_is_cached("ViT-B-32 · laion2b_s34b_b79k")
         watch = Recorder()
         path = download.hub_weights(PRESET_REPO, ["open_clip_model.safetensors"], what="w", arch="A", tag="t",
                                     watcher=watch)
         assert path.read_bytes() == content
+        # once in the cache, the preset counts as here (the model dropdown marks it "downloaded")
+        assert pez_core.preset_is_cached("ViT-B-32 · laion2b_s34b_b79k")
+        assert not pez_core.preset_is_cached("ViT-H-14 · laion2b_s32b_b79k")
         [text] = watch.announced
         assert "open_clip_model.safetensors, 25.2 MB" in text
         assert watch.progress_seen[-1] == (len(content), len(content))
