@@ -177,11 +177,13 @@ def where_to_put(error: pez_core.WeightsNotAvailableError) -> str:
         return f"{error} This ComfyUI's pez model folders: {model_folders()}."
     urls = "; ".join(f.url + (f" ({pez_core.size_text(f.size)})" if f.size else "") for f in error.files)
     if len(error.files) == 1:
-        save = f"save it as models/pez/{error.files[0].file_name} or under any other name (the browser's own works)"
+        save = (f"save it as models/pez/{error.files[0].file_name} or under any other name (the browser's own "
+                "works), then press R in the browser to list it")
     else:
         names = " and ".join(f.file_name for f in error.files)
-        save = f"save them in models/pez as {names} or under any other names (the browser's own work)"
-    return (f"{error.reason}. Download {urls}; {save}, then press R in the browser to list it. Or {error.retry}. "
+        save = (f"save them in models/pez as {names} or under any other names (the browser's own work), then "
+                "press R in the browser to list them")
+    return (f"{error.reason}. Download {urls}; {save}. Or {error.retry}. "
             f"This ComfyUI's pez model folders: {model_folders()}.")
 
 

@@ -55,8 +55,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "DEFAULT_NEGATIVE_WEIGHT", "JOINT_PRESETS", "JointModel", "JointResult", "JointScorer", "combine", "score_each",
     "LR_RANGE", "LR_SCHEDULES", "MAX_PROMPT_TOKENS", "MAX_RESTARTS", "MAX_STEPS", "POLISH_MODES", "PRECISIONS",
-    "PRESETS", "VOCAB_MODES", "ClipScorer", "MissingFile", "ModelLoadError", "Objective", "PezConfig", "PezError", "PezModel",
-    "PezResult", "Progress", "Scorer", "WeightsNotAvailableError", "allowed_token_ids", "available_models",
+    "PRESETS", "VOCAB_MODES", "ClipScorer", "MissingFile", "ModelLoadError", "Objective", "PezConfig", "PezError",
+    "PezModel", "PezResult", "Progress", "Scorer", "WeightsNotAvailableError", "allowed_token_ids", "available_models",
     "check_text", "clear_cache", "distill", "invert", "load_model", "optimize", "polish_prompts", "score",
     "search", "set_interrupt_check", "style",
     "CHECKPOINT_SUFFIXES", "DEFAULT_MODEL", "PRUNE_BUDGET", "bundled_models", "cached_models", "clip_tokenizer",
