@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -65,17 +65,17 @@ def file_url(repo_id: str, filename: str) -> str:
     return hf_hub_url(repo_id, filename)
 
 
-def hub_weights(repo_id: str, filenames: list[str], *, what: str, arch: str, tag: str,
-                watcher: Watcher | None = None, expected_size: int = 0) -> Path:
-    """Download the first of ``filenames`` the repo has; a clear, prompt error naming the file to save if not."""
+def hub_weights(repo_id: str, filenames: list[str], *, file: MissingFile, watcher: Watcher | None = None) -> Path:
+    """Download the first of ``filenames`` the repo has (``file``: what they are, for the messages); a clear,
+    prompt error naming the file to get if not."""
     try:
         filename, size = _first_available(repo_id, filenames)
     except DownloadCancelled:
         raise
     except PezError as e:
-        raise _failure(what, repo_id, filenames[0], arch, tag, str(e), expected_size) from None
-    text = (f"downloading {what} ({filename}, {size_text(size)}) from {file_url(repo_id, filename)} "
-            "into the Hugging Face cache; only this once")
+        raise _failure(file, repo_id, filenames[0], str(e)) from None
+    text = (f"downloading the weights of {file.what} ({filename}, {size_text(size)}) from "
+            f"{file_url(repo_id, filename)} into the Hugging Face cache; only this once")
     log.info(text)
     if watcher is not None:
         watcher.announce(text)
@@ -84,7 +84,7 @@ def hub_weights(repo_id: str, filenames: list[str], *, what: str, arch: str, tag
     except DownloadCancelled:
         raise
     except PezError as e:
-        raise _failure(what, repo_id, filename, arch, tag, str(e), size) from None
+        raise _failure(file, repo_id, filename, str(e), size) from None
 
 
 def size_text(size: int) -> str:
@@ -92,11 +92,12 @@ def size_text(size: int) -> str:
     return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
-def _failure(what: str, repo_id: str, filename: str, arch: str, tag: str, why: str,
-             size: int = 0) -> WeightsNotAvailableError:
+def _failure(file: MissingFile, repo_id: str, filename: str, why: str, size: int = 0) -> WeightsNotAvailableError:
+    """``file`` as the failed attempt left it: the URL tried, that file's suffix and, once known, its size."""
     suffix = Path(filename).suffix or ".safetensors"
-    file = MissingFile(f"{arch} / {tag}", file_url(repo_id, filename), f"{arch}-{tag}{suffix}", size)
-    return missing_weights(f"could not download {what} ({why})", [file], "try again")
+    tried = replace(file, url=file_url(repo_id, filename), size=size or file.size,
+                    file_name=str(Path(file.file_name).with_suffix(suffix)))
+    return missing_weights(f"could not download the weights of {file.what} ({why})", [tried], "try again")
 
 
 def _first_available(repo_id: str, filenames: list[str]) -> tuple[str, int]:

@@ -163,10 +163,11 @@ def _missing_weights(name: str, missing: list[tuple[Preset, WeightsNotAvailableE
     total = sum(p.download_bytes for p, _ in missing)
     reason = (f"{name} needs {len(missing)} weights files that are not on this machine"
               + (f" (about {size_text(total)} in all)" if total else ""))
-    if not hub_offline():
+    offline = hub_offline()
+    if not offline:
         reason += f" (the first download failed: {missing[0][1].reason})"
     files = [file for _, e in missing for file in e.files]
-    return missing_weights(reason, files, OFFLINE_RETRY if hub_offline() else "try again")
+    return missing_weights(reason, files, OFFLINE_RETRY if offline else "try again")
 
 
 def _known_names() -> str:
@@ -488,8 +489,7 @@ def _tag_weights(arch: str, tag: str, watcher: Watcher | None = None) -> Path:
         raise missing_weights(f"the weights of {arch} / {tag}{about} are not on this machine and HF_HUB_OFFLINE "
                               "is set", [file], OFFLINE_RETRY)
     if repo_id:
-        return hub_weights(repo_id, candidates, what=f"the weights of {arch} / {tag}", arch=arch, tag=tag,
-                           watcher=watcher, expected_size=size)
+        return hub_weights(repo_id, candidates, file=file, watcher=watcher)
     try:  # a plain URL (no preset uses one)
         return Path(download_pretrained(cfg))
     except Exception as e:  # network errors come in many types

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 import pez_core
-from pez_core import WeightsNotAvailableError
+from pez_core import MissingFile, WeightsNotAvailableError
 from pez_core.clip import download
 from pez_core.common import limits
 from fake_hub import FakeHub, SilentHub, closed_port
 
 
 PRESET_REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+SOME_FILE = MissingFile("A / t", "", "A-t.safetensors")  # what a download's messages call it
 
 
 @pytest.fixture
@@ -68,8 +69,7 @@ def test_download_reports_size_and_progress_and_can_be_cancelled(online):
         online(hub.url)
         assert not pez_core.preset_is_cached("ViT-B-32 · laion2b_s34b_b79k")
         watch = Recorder()
-        path = download.hub_weights(PRESET_REPO, ["open_clip_model.safetensors"], what="w", arch="A", tag="t",
-                                    watcher=watch)
+        path = download.hub_weights(PRESET_REPO, ["open_clip_model.safetensors"], file=SOME_FILE, watcher=watch)
         assert path.read_bytes() == content
         # once in the cache, the preset counts as here (the model dropdown marks it "downloaded")
         assert pez_core.preset_is_cached("ViT-B-32 · laion2b_s34b_b79k")
@@ -89,5 +89,5 @@ def test_download_reports_size_and_progress_and_can_be_cancelled(online):
                 raise Cancelled
         limits.set_interrupt_check(cancel_once_started)
         with pytest.raises(Cancelled):
-            download.hub_weights(PRESET_REPO, ["slow.safetensors"], what="w", arch="A", tag="t", watcher=watch)
+            download.hub_weights(PRESET_REPO, ["slow.safetensors"], file=SOME_FILE, watcher=watch)
         assert watch.announced and watch.progress_seen[-1][0] < len(content)
